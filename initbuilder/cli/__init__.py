@@ -1,0 +1,30 @@
+"""`initbuilder`: the command-line front end."""
+
+from __future__ import annotations
+
+import click
+
+from initbuilder import __version__
+from initbuilder.cli.framework import Group
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="initbuilder")
+def main() -> None:
+    """Build small, deterministic cpio initrds for micro-VMs.
+
+    \b
+    Typical use:
+      initbuilder build -o initrd.zst --busybox      # an initrd with a shell
+      initbuilder ls initrd.zst                     # what is inside
+    """
+
+
+def _register() -> None:
+    from initbuilder.cli import build, ls
+
+    main.add_command(build.build)
+    main.add_command(ls.ls)
+
+
+_register()

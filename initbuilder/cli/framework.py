@@ -1,0 +1,38 @@
+"""Click plumbing shared by initkit's front ends: user errors as one line, exit 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from initbuilder.errors import InitkitError
+
+USER_ERROR_EXIT = 2
+
+
+class _ReportsUserErrors:
+    """Print InitkitError as one line (no traceback) and exit 2; bugs keep tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except InitkitError as exc:
+            click.echo(f"{ctx.find_root().info_name}: error: {exc}", err=True)
+            sys.exit(USER_ERROR_EXIT)
+
+
+class Group(_ReportsUserErrors, click.Group):
+    pass
+
+
+class Command(_ReportsUserErrors, click.Command):
+    pass
+
+
+def setup_logging(verbose: int) -> None:
+    """-v shows what happens (INFO), -vv every subprocess argv too (DEBUG)."""
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)

@@ -1,0 +1,106 @@
+"""The simple sources of an initrd's entries: the base skeleton, user files, busybox."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from initbuilder.errors import InitkitError
+from initbuilder.image import Entry, Image, Kind
+from initbuilder.process import run
+
+log = logging.getLogger("initkit.sources")
+
+# What an init needs before it has mounted anything, even when built without root:
+# the device nodes exist only as cpio records, no mknod needed.
+SKELETON_DIRS = {
+    "bin": 0o755, "dev": 0o755, "etc": 0o755, "proc": 0o555, "sys": 0o555,
+    "tmp": 0o1777, "run": 0o755, "usr": 0o755, "usr/bin": 0o755, "lib": 0o755,
+}
+SKELETON_NODES = {
+    "dev/console": (5, 1, 0o600),
+    "dev/null": (1, 3, 0o666),
+    "dev/tty": (5, 0, 0o666),
+    "dev/urandom": (1, 9, 0o666),
+}
+
+
+def add_skeleton(image: Image) -> None:
+    """Add the base directories and device nodes, as defaults other inputs may replace."""
+    for path, mode in SKELETON_DIRS.items():
+        image.add_directory(path, mode, source="skeleton", weak=True)
+    for path, (major, minor, mode) in SKELETON_NODES.items():
+        image.add_device(path, "c", major, minor, mode, source="skeleton", weak=True)
+
+
+def parse_file_spec(spec: str) -> tuple[Path, str]:
+    """``HOST[:GUEST]`` -> (host path, guest path); without GUEST the host path is used."""
+    if not spec:
+        raise InitkitError("--file needs HOST[:GUEST], got an empty value")
+    host, sep, guest = spec.partition(":")
+    if not host:
+        raise InitkitError(f"--file {spec!r}: the HOST part before ':' is empty")
+    if sep and not guest:
+        raise InitkitError(f"--file {spec!r}: the GUEST part after ':' is empty; "
+                           "drop the ':' to use the host path")
+    host_path = Path(host)
+    if not os.path.lexists(host_path):
+        raise InitkitError(f"--file {spec!r}: {host} does not exist")
+    return host_path, guest or os.path.abspath(host_path)
+
+
+def add_files(image: Image, specs: list[str]) -> None:
+    """Add each ``--file HOST[:GUEST]``: files, symlinks as symlinks, directories recursively."""
+    for spec in specs:
+        host, guest = parse_file_spec(spec)
+        rel = image.add_host_path(host, guest, source=f"--file {spec}")
+        log.info("added /%s from %s", rel, host)
+
+
+def find_busybox(path: str | None) -> Path:
+    """The busybox to pack: ``path`` as given, else the first on $PATH."""
+    if path:
+        found = Path(path)
+        if not found.exists():
+            raise InitkitError(f"--busybox {path}: no such file")
+        return found
+    which = shutil.which("busybox")
+    if which is None:
+        raise InitkitError("--busybox: no busybox on $PATH; install busybox-static "
+                           "(apt-get install busybox-static) or pass --busybox PATH")
+    return Path(which)
+
+
+def busybox_applets(busybox: Path) -> list[str]:
+    """The applets this busybox reports, as root-relative install paths ("bin/ls")."""
+    proc = run([busybox, "--list-full"], check=False)
+    if proc.returncode == 0 and proc.stdout.strip():
+        return sorted({line.strip().lstrip("/") for line in proc.stdout.decode().splitlines()
+                       if line.strip()})
+    proc = run([busybox, "--list"], hint=f"is {busybox} really busybox?")
+    return sorted({"bin/" + name.strip() for name in proc.stdout.decode().split() if name.strip()})
+
+
+def add_busybox(image: Image, busybox: Path) -> list[str]:
+    """Install busybox as /bin/busybox plus one symlink per applet (like u-root's bbin).
+
+    Applet links are defaults: a program added explicitly at the same path wins.
+    Returns the applet paths that were linked.
+    """
+    image.add_file("bin/busybox", host=busybox, mode=0o755, source=f"--busybox {busybox}")
+    linked = []
+    for applet in busybox_applets(busybox):
+        if applet in ("bin/busybox", ""):
+            continue
+        existing = image.get(applet)
+        if existing is not None and existing.kind is not Kind.DIR:
+            continue  # an explicit program of that name was added before us
+        link = Entry(Kind.SYMLINK, 0o777, target="/bin/busybox", source="busybox applet",
+                     weak=True)
+        image.add(applet, link)
+        linked.append(applet)
+    log.info("added busybox from %s with %d applets", busybox, len(linked))
+    return linked
+

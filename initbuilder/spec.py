@@ -1,0 +1,139 @@
+"""A build request (the user's words, parsed) and the pipeline that turns it into an initrd."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from initbuilder import cpio, sources
+from initbuilder.image import Image
+
+log = logging.getLogger("initkit.build")
+
+
+@dataclass
+class BuildSpec:
+    """Everything that decides an initrd's bytes."""
+
+    output: Path
+    files: list[str] = field(default_factory=list)
+    # None: no busybox; "auto": the one on $PATH if there is one; "": the one on $PATH
+    # (an error if none); anything else: that file.
+    busybox: str | None = "auto"
+    bases: list[Path] = field(default_factory=list)
+    binaries: list[str] = field(default_factory=list)
+    root: Path | None = None
+    library_path: list[str] = field(default_factory=list)
+    dlopen: str = "recommended"
+    allow_missing: bool = False
+    kernel: Path | None = None
+    modules_dir: Path | None = None
+    modules: list[str] | None = None  # None: the default virtiofs set
+    init: bool = True
+    python: Path | None = None
+    compression: str | None = None
+    source_date_epoch: int | None = None
+
+
+@dataclass
+class BuildResult:
+    report: cpio.WriteReport
+    timings: dict[str, float]
+    modules: list[str]
+
+
+class _Phases:
+    """Times each phase of a build; -v prints them."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        took = time.perf_counter() - start
+        self.timings[name] = self.timings.get(name, 0.0) + took
+        log.info("phase %-9s %7.1f ms", name, took * 1000)
+
+
+def build_image(spec: BuildSpec, phases: _Phases | None = None) -> tuple[Image, list[str]]:
+    """Assemble the Image a spec describes; returns it with the module load list."""
+    timed = phases or _Phases()
+    image = Image()
+    loaded: list[str] = []
+    with timed("skeleton"):
+        sources.add_skeleton(image)
+    if spec.bases:
+        with timed("bases"):
+            for base in spec.bases:
+                count = cpio.add_initrd(image, base)
+                log.info("merged %d entries from base %s", count, base)
+    if spec.files:
+        with timed("files"):
+            sources.add_files(image, spec.files)
+    busybox = _busybox_path(spec.busybox)
+    if busybox is not None:
+        with timed("busybox"):
+            _add_busybox(image, busybox, spec)
+    if spec.binaries:
+        with timed("binaries"):
+            from initbuilder.closure import add_binaries
+
+            add_binaries(image, spec.binaries, root=spec.root, library_path=spec.library_path,
+                         dlopen=spec.dlopen, allow_missing=spec.allow_missing)
+    if _wants_modules(spec):
+        with timed("modules"):
+            from initbuilder.modules import add_modules
+
+            loaded = add_modules(image, kernel=spec.kernel, modules_dir=spec.modules_dir,
+                                 names=spec.modules)
+    if spec.init:
+        with timed("runtime"):
+            from initbuilder.runtime import add_runtime
+
+            add_runtime(image, python=spec.python)
+    return image, loaded
+
+
+def build(spec: BuildSpec) -> BuildResult:
+    """Build the initrd a spec describes and write it atomically to ``spec.output``."""
+    phases = _Phases()
+    image, loaded = build_image(spec, phases)
+    for path, entry in image.items():
+        log.debug("  /%s: %s", path, entry.describe())
+    with phases("write"):
+        report = cpio.write_initrd(image, spec.output, compression=spec.compression,
+                                   mtime=spec.source_date_epoch)
+    return BuildResult(report, phases.timings, loaded)
+
+
+def _busybox_path(choice: str | None) -> Path | None:
+    if choice is None:
+        return None
+    if choice == "auto":
+        try:
+            return sources.find_busybox(None)
+        except Exception:
+            log.info("no busybox on $PATH: the initrd has no shell (pass --busybox PATH)")
+            return None
+    return sources.find_busybox(choice or None)
+
+
+def _add_busybox(image: Image, busybox: Path, spec: BuildSpec) -> None:
+    """A static busybox goes in as is; a dynamic one brings its libraries."""
+    sources.add_busybox(image, busybox)
+
+
+def _wants_modules(spec: BuildSpec) -> bool:
+    if spec.kernel is not None or spec.modules_dir is not None:
+        return True
+    if spec.modules:  # names without a kernel: the running kernel's tree
+        return True
+    running = Path("/lib/modules", os.uname().release)
+    return spec.init and running.is_dir()
