@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from initbuilder import cpio, sources
+from initbuilder import cpio, reader, sources
 from initbuilder.image import Image
 
 log = logging.getLogger("initkit.build")
@@ -72,7 +72,7 @@ def build_image(spec: BuildSpec, phases: _Phases | None = None) -> tuple[Image, 
     if spec.bases:
         with timed("bases"):
             for base in spec.bases:
-                count = cpio.add_initrd(image, base)
+                count = reader.add_initrd(image, base)
                 log.info("merged %d entries from base %s", count, base)
     if spec.files:
         with timed("files"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from initbuilder.cli.framework import Command
-from initbuilder.cpio import ArchiveMember, read_initrd
+from initbuilder.reader import ArchiveMember, read_initrd
 from initbuilder.image import Kind
 
 _TYPE_BITS = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from initbuilder.cpio import read_initrd
+from initbuilder.reader import read_initrd
 
 INITBUILDER = [sys.executable, "-m", "initbuilder"]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import libarchive
 import pytest
 
-from initbuilder.cpio import COMPRESSIONS, add_initrd, read_initrd, write_initrd
+from initbuilder.cpio import COMPRESSIONS, write_initrd
+from initbuilder.reader import add_initrd, read_initrd
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
 from initbuilder.sources import add_skeleton
