@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from initbuilder import cpio, reader, sources
+from initbuilder.cache import cache_dir
 from initbuilder.image import Image
 
 log = logging.getLogger("initkit.build")
@@ -111,6 +113,39 @@ def build(spec: BuildSpec) -> BuildResult:
         report = cpio.write_initrd(image, spec.output, compression=spec.compression,
                                    mtime=spec.source_date_epoch)
     return BuildResult(report, phases.timings, loaded)
+
+
+def fingerprint(image: Image, compression: str, epoch: int) -> str:
+    """A hash of everything that decides the bytes ``image`` is written as. Host files
+    count by path, size, mtime and inode (as make does), so hashing stays cheap."""
+    digest = hashlib.sha256(f"{compression}:{epoch}".encode())
+    for path, entry in image.items():
+        digest.update(repr((path, entry.kind.value, entry.mode, entry.uid, entry.gid,
+                            entry.target, entry.major, entry.minor)).encode())
+        if entry.data is not None:
+            digest.update(hashlib.sha256(entry.data).digest())
+        elif entry.host is not None:
+            st = entry.host.stat()
+            digest.update(repr((str(entry.host), st.st_size, st.st_mtime_ns, st.st_ino,
+                                st.st_dev)).encode())
+    return digest.hexdigest()
+
+
+def build_cached(spec: BuildSpec, cache: Path | None = None) -> Path:
+    """Build the initrd ``spec`` describes into the cache (``spec.output`` only names the
+    suffix) and return its path; an identical earlier build is reused. Safe when several
+    processes build at once: each writes a temp file and renames it into place."""
+    image, _ = build_image(spec)
+    compression = cpio.compression_for(spec.output, spec.compression)
+    epoch = cpio.source_date_epoch(spec.source_date_epoch)
+    directory = cache or cache_dir("initrd")
+    target = directory / f"{fingerprint(image, compression, epoch)[:32]}{spec.output.suffix}"
+    if target.exists():
+        log.info("reusing cached initrd %s", target)
+        return target
+    cpio.write_initrd(image, target, compression=compression, mtime=epoch)
+    log.info("built initrd %s", target)
+    return target
 
 
 def _busybox_path(choice: str | None) -> Path | None:

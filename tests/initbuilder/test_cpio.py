@@ -12,9 +12,9 @@ import libarchive
 import pytest
 
 from initbuilder.cpio import COMPRESSIONS, write_initrd
-from initbuilder.reader import add_initrd, read_initrd
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
+from initbuilder.reader import add_initrd, read_initrd
 from initbuilder.sources import add_skeleton
 
 
