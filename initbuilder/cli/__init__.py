@@ -17,14 +17,16 @@ def main() -> None:
     Typical use:
       initbuilder build -o initrd.zst --busybox      # an initrd with a shell
       initbuilder ls initrd.zst                     # what is inside
+      initbuilder kernel fetch                      # a kernel to boot (Debian's)
     """
 
 
 def _register() -> None:
-    from initbuilder.cli import build, ls
+    from initbuilder.cli import build, kernel, ls
 
     main.add_command(build.build)
     main.add_command(ls.ls)
+    main.add_command(kernel.kernel)
 
 
 _register()

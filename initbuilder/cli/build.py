@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from initbuilder.cli.framework import Command, setup_logging
+from initbuilder.cli.kernel import kernel_options
 from initbuilder.cpio import COMPRESSIONS
 from initbuilder.spec import BuildSpec
 from initbuilder.spec import build as run_build
@@ -27,6 +28,7 @@ from initbuilder.spec import build as run_build
 @click.option("--base", "bases", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Merge an existing initrd (compressed or not, concatenated archives too). "
                    "Repeatable.")
+@kernel_options
 @click.option("--no-init", is_flag=True,
               help="Leave out initkit's guest init and its Python runtime (/init).")
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False),
@@ -40,7 +42,8 @@ from initbuilder.spec import build as run_build
               help="-v: what was added from where and each phase's time; -vv: every entry "
                    "and subprocess.")
 def build(output: Path, files: tuple[str, ...], busybox: str, no_busybox: bool,
-          bases: tuple[Path, ...], no_init: bool, python: Path | None,
+          bases: tuple[Path, ...], kernel: Path | None, modules_dir: Path | None,
+          modules: tuple[str, ...], no_init: bool, python: Path | None,
           compression: str | None, source_date_epoch: int | None, verbose: int) -> None:
     """Build a deterministic newc initrd at OUTPUT.
 
@@ -61,6 +64,9 @@ def build(output: Path, files: tuple[str, ...], busybox: str, no_busybox: bool,
         files=list(files),
         busybox=None if no_busybox else busybox,
         bases=list(bases),
+        kernel=kernel,
+        modules_dir=modules_dir,
+        modules=list(modules) or None,
         init=not no_init,
         python=python,
         compression=compression,
@@ -70,3 +76,6 @@ def build(output: Path, files: tuple[str, ...], busybox: str, no_busybox: bool,
     report = result.report
     click.echo(f"{report.path}: {report.entries} entries, {report.size} bytes "
                f"({report.compression})")
+    if result.modules:
+        names = ' '.join(Path(m).name.removesuffix('.ko') for m in result.modules)
+        click.echo(f"kernel modules, in load order: {names}")

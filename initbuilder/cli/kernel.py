@@ -1,0 +1,177 @@
+"""`initbuilder kernel`: inspect kernel images, extract vmlinux, fetch a kernel, list modules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from initbuilder.cli.framework import Command, Group, setup_logging
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def kernel_options(func: F) -> F:
+    """Add --kernel, --modules-dir and --module (repeatable) to a command; its function
+    receives ``kernel: Path | None``, ``modules_dir: Path | None``, ``modules: tuple[str]``."""
+    func = click.option(
+        "--module", "modules", multiple=True, metavar="NAME",
+        help="A kernel module to load at boot (name or alias, e.g. fs-virtiofs), closed over "
+             "its dependencies. Repeatable. Default with --kernel/--modules-dir: virtiofs, "
+             "virtio_mmio and virtio_pci.",
+    )(func)
+    func = click.option(
+        "--modules-dir", type=click.Path(path_type=Path, file_okay=False),
+        help="The kernel's lib/modules/VERSION directory (default: found next to --kernel, "
+             "else /lib/modules/VERSION).",
+    )(func)
+    func = click.option(
+        "--kernel", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="The kernel image the initrd is for (bzImage, vmlinux, Image); its version "
+             "picks the modules tree.",
+    )(func)
+    return func
+
+
+@click.group(cls=Group)
+def kernel() -> None:
+    """Kernel images and modules: inspect, extract vmlinux, fetch Debian's kernel.
+
+    \b
+    Examples:
+      initbuilder kernel fetch                      # Debian 12's kernel, into the cache
+      initbuilder kernel info "$(initbuilder kernel fetch --print bzimage)"
+      initbuilder kernel vmlinux vmlinuz -o vmlinux  # for PVH boots (QEMU microvm)
+      initbuilder kernel modules --kernel vmlinuz    # the virtiofs load list
+    """
+
+
+@kernel.command(cls=Command)
+@click.argument("image", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--header-only", is_flag=True,
+              help="Do not decompress a bzImage's payload (PVH note then unknown).")
+def info(image: Path, as_json: bool, header_only: bool) -> None:
+    """Show an image's format, kernel version, payload compression and PVH entry."""
+    from initbuilder.kernel import kernel_info
+
+    found = kernel_info(image, payload=not header_only)
+    pvh = found.pvh if not (header_only and found.format == "bzImage") else None
+    fields: dict[str, Any] = {
+        "path": str(found.path),
+        "format": found.format,
+        "version": found.version,
+        "version_string": found.version_string,
+        "compression": found.compression,
+        "boot_protocol": found.boot_protocol,
+        "machine": found.machine,
+        "pvh": pvh,
+        "pvh_entry": None if found.pvh_entry is None else f"{found.pvh_entry:#x}",
+    }
+    if as_json:
+        click.echo(json.dumps(fields, indent=1))
+        return
+    for key, value in fields.items():
+        if key == "pvh":
+            value = "unknown" if value is None else "yes" if value else "no"
+        if value is not None:
+            click.echo(f"{key + ':':16}{value}")
+
+
+@kernel.command(cls=Command)
+@click.argument("bzimage", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write the vmlinux (default: print the cached copy's path).")
+@click.option("-v", "--verbose", count=True)
+def vmlinux(bzimage: Path, output: Path | None, verbose: int) -> None:
+    """Extract the ELF vmlinux from BZIMAGE, for PVH boots.
+
+    The result is cached by the bzImage's content hash, so a second call is instant.
+    Payloads compressed with gzip, xz, zstd, lz4, lzma or bzip2 are understood.
+    """
+    from initbuilder.kernel import extract_vmlinux
+
+    setup_logging(verbose)
+    click.echo(extract_vmlinux(bzimage, output))
+
+
+_PRINTABLE = ("package", "version", "bzimage", "vmlinux", "modules-dir", "root")
+
+
+@kernel.command(cls=Command)
+@click.option("--package", metavar="NAME",
+              help="The Debian package, e.g. linux-image-6.1.0-28-amd64 (default: "
+                   "$INITKIT_KERNEL_PACKAGE, else the newest cached, else apt's newest).")
+@click.option("--refresh", is_flag=True, help="Ask apt for its newest kernel even when one "
+                                              "is cached.")
+@click.option("--cache", type=click.Path(path_type=Path, file_okay=False),
+              help="Where to unpack kernels (default: the initkit cache, kernels/).")
+@click.option("--deb", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Unpack this kernel .deb (already downloaded) instead of asking apt.")
+@click.option("--print", "print_field", type=click.Choice(_PRINTABLE),
+              help="Print only this one value (for $(...) in scripts).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-v", "--verbose", count=True)
+def fetch(package: str | None, refresh: bool, cache: Path | None, deb: Path | None,
+          print_field: str | None, as_json: bool, verbose: int) -> None:
+    """Fetch Debian's kernel package into the cache and print where it is.
+
+    Runs `apt-get download` and `dpkg-deb -x`: nothing is installed and no package
+    scripts run. The vmlinux for PVH boots is extracted too. A second call is instant
+    and needs no network.
+    """
+    from initbuilder.kernel import extract_vmlinux
+    from initbuilder.kernelfetch import fetch_debian_kernel, unpack_kernel_deb
+
+    setup_logging(verbose)
+    if deb is not None:
+        fetched = unpack_kernel_deb(deb, cache)
+    else:
+        fetched = fetch_debian_kernel(cache, package, refresh=refresh)
+    fields = {
+        "package": f"{fetched.package}={fetched.package_version}",
+        "version": fetched.version,
+        "bzimage": str(fetched.bzimage),
+        "vmlinux": str(extract_vmlinux(fetched.bzimage)),
+        "modules-dir": str(fetched.modules_dir),
+        "root": str(fetched.root),
+    }
+    if print_field:
+        click.echo(fields[print_field])
+    elif as_json:
+        click.echo(json.dumps(fields, indent=1))
+    else:
+        for key, value in fields.items():
+            click.echo(f"{key + ':':13}{value}")
+
+
+@kernel.command(cls=Command)
+@kernel_options
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--host-paths", is_flag=True,
+              help="Print the module files on the host instead of the guest paths.")
+@click.option("-v", "--verbose", count=True)
+def modules(kernel: Path | None, modules_dir: Path | None, modules: tuple[str, ...],
+            names: tuple[str, ...], host_paths: bool, verbose: int) -> None:
+    """Print the load list for NAMEs (and --module), dependencies first.
+
+    This is what `initbuilder build` writes to /etc/initkit/modules. Without names,
+    the virtiofs set. Built-in modules need no file: they are reported on stderr.
+    """
+    from initbuilder.modules import DEFAULT_MODULES, find_tree, load_list, resolve
+
+    setup_logging(verbose)
+    tree = find_tree(kernel, modules_dir)
+    wanted = [*names, *modules] or list(DEFAULT_MODULES)
+    resolution = resolve(tree, wanted)
+    if host_paths:
+        lines = [str(m.path) for m in resolution.load_order]
+    else:
+        lines = load_list(tree, resolution.load_order)
+    for line in lines:
+        click.echo(line)
+    if resolution.builtin:
+        click.echo(f"built into {tree.version}: {', '.join(resolution.builtin)}", err=True)

@@ -1,0 +1,39 @@
+"""Fixtures shared by the whole suite: a real Debian kernel to read and boot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from initbuilder.errors import InitkitError
+from initbuilder.kernelfetch import FetchedKernel, fetch_debian_kernel
+
+
+def missing_part(reason: str) -> None:
+    """Skip the test for a real part this machine lacks; under CI=true, fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and a required part is missing: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def debian_kernel() -> FetchedKernel:
+    """Debian 12's kernel package, fetched once into the initkit cache and unpacked."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        missing_part("apt-get and dpkg-deb are needed to fetch the Debian kernel package")
+    try:
+        return fetch_debian_kernel()
+    except InitkitError as exc:
+        missing_part(f"cannot fetch the Debian kernel package: {exc}")
+        raise  # unreachable: missing_part skips or fails
+
+
+@pytest.fixture(scope="session")
+def debian_vmlinux(debian_kernel: FetchedKernel) -> Path:
+    """The ELF vmlinux inside the Debian bzImage (for PVH boots), cached by content hash."""
+    from initbuilder.kernel import extract_vmlinux
+
+    return extract_vmlinux(debian_kernel.bzimage)

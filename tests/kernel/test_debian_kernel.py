@@ -1,0 +1,98 @@
+"""Against the real Debian 12 kernel package (fetched once into the cache)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from initbuilder.image import Image
+from initbuilder.kernel import BZIMAGE, extract_vmlinux, kernel_info, pvh_entry
+from initbuilder.kernelfetch import DEFAULT_PACKAGE_RE, FetchedKernel
+from initbuilder.modules import DEFAULT_MODULES, ModuleTree, add_modules, find_tree, resolve
+
+
+def test_fetched_package_layout(debian_kernel: FetchedKernel) -> None:
+    assert DEFAULT_PACKAGE_RE.match(debian_kernel.package)
+    assert debian_kernel.version == debian_kernel.package.removeprefix("linux-image-")
+    assert debian_kernel.bzimage.is_file()
+    assert debian_kernel.modules_dir == debian_kernel.root / "lib/modules" / debian_kernel.version
+    # What makes the closure interesting: depmod never ran on this tree.
+    assert not (debian_kernel.modules_dir / "modules.dep").exists()
+
+
+def test_kernel_info_reads_the_version_the_package_names(debian_kernel: FetchedKernel) -> None:
+    info = kernel_info(debian_kernel.bzimage)
+    assert info.format == BZIMAGE
+    assert info.version == debian_kernel.version
+    assert info.version_string is not None
+    assert debian_kernel.package_version in info.version_string
+    assert info.compression == "xz"
+    assert info.pvh is True
+
+
+def test_extracted_vmlinux_is_elf_with_pvh_note(
+    debian_kernel: FetchedKernel, debian_vmlinux: Path, tmp_path: Path,
+) -> None:
+    data = debian_vmlinux.read_bytes()
+    with debian_vmlinux.open("rb") as fh:
+        elf = ELFFile(fh)
+        assert elf["e_machine"] == "EM_X86_64" and elf["e_type"] == "ET_EXEC"
+        assert elf.num_segments() > 0
+    entry = pvh_entry(data)
+    assert entry is not None and 0x1000000 <= entry < 0x4000000
+    start = time.monotonic()
+    out = extract_vmlinux(debian_kernel.bzimage, tmp_path / "vmlinux")
+    assert time.monotonic() - start < 5  # from the cache: a copy, no decompression
+    assert out.read_bytes() == data
+
+
+def test_virtiofs_closure_without_modules_dep(debian_kernel: FetchedKernel) -> None:
+    tree = find_tree(kernel=debian_kernel.bzimage)
+    assert tree.root == debian_kernel.modules_dir
+    result = resolve(tree, DEFAULT_MODULES)
+    names = [m.name for m in result.load_order]
+    assert set(names) == {"virtio_ring", "virtio", "fuse", "virtiofs", "virtio_mmio",
+                          "virtio_pci", "virtio_pci_modern_dev", "virtio_pci_legacy_dev"}
+    assert len(names) == len(set(names))
+    _assert_valid_order(tree, names)
+
+
+def test_alias_resolves_without_modules_alias(debian_kernel: FetchedKernel) -> None:
+    tree = ModuleTree(debian_kernel.modules_dir)
+    assert tree.lookup("fs-virtiofs") == ["virtiofs"]
+    result = resolve(tree, ["fs-virtiofs"])
+    assert [m.name for m in result.load_order][-1] == "virtiofs"
+
+
+def test_softdeps_and_builtins_in_a_real_closure(debian_kernel: FetchedKernel) -> None:
+    tree = ModuleTree(debian_kernel.modules_dir)
+    # btrfs pulls libcrc32c, whose softdep "pre: crc32c" names an alias; sha256 is built in.
+    result = resolve(tree, ["btrfs"])
+    names = [m.name for m in result.load_order]
+    assert names[-1] == "btrfs" and "libcrc32c" in names
+    assert names.index("crc32c_generic") < names.index("libcrc32c")
+    _assert_valid_order(tree, names)
+    assert "sha256_generic" in result.builtin
+
+
+def test_add_modules_with_the_debian_kernel(debian_kernel: FetchedKernel) -> None:
+    image = Image()
+    paths = add_modules(image, kernel=debian_kernel.bzimage)
+    assert all(re.fullmatch(rf"/lib/modules/{re.escape(debian_kernel.version)}/kernel/.+\.ko", p)
+               for p in paths)
+    entry = image.get("/etc/initkit/modules")
+    assert entry is not None and entry.data == "".join(p + "\n" for p in paths).encode()
+    assert all(image.get(p) is not None for p in paths)
+
+
+def _assert_valid_order(tree: ModuleTree, names: list[str]) -> None:
+    position = {name: i for i, name in enumerate(names)}
+    for name in names:
+        for dep in tree.modinfo(name).depends:
+            if dep in position:
+                assert position[dep] < position[name], f"{dep} must load before {name}"
+            else:
+                assert dep in tree.builtin, f"{name} needs {dep}, which is missing"
