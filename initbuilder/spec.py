@@ -162,7 +162,14 @@ def _busybox_path(choice: str | None) -> Path | None:
 
 def _add_busybox(image: Image, busybox: Path, spec: BuildSpec) -> None:
     """A static busybox goes in as is; a dynamic one brings its libraries."""
+    from initbuilder.elf import read_elf
+
     sources.add_busybox(image, busybox)
+    if read_elf(str(busybox)).interpreter:
+        from initbuilder.closure import add_binaries
+
+        add_binaries(image, [str(busybox)], root=spec.root, library_path=spec.library_path,
+                     allow_missing=spec.allow_missing)
 
 
 def _wants_modules(spec: BuildSpec) -> bool:

@@ -16,16 +16,19 @@ def main() -> None:
     \b
     Typical use:
       initbuilder build -o initrd.zst --busybox      # an initrd with a shell
+      initbuilder build -o initrd.zst --binary strace  # a program and its libraries
+      initbuilder closure /usr/bin/qemu-img          # what the loader would load
       initbuilder ls initrd.zst                     # what is inside
       initbuilder kernel fetch                      # a kernel to boot (Debian's)
     """
 
 
 def _register() -> None:
-    from initbuilder.cli import build, kernel, ls
+    from initbuilder.cli import build, closure, kernel, ls
 
     main.add_command(build.build)
     main.add_command(ls.ls)
+    main.add_command(closure.closure)
     main.add_command(kernel.kernel)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from initbuilder.cli.closure import closure_options
 from initbuilder.cli.framework import Command, setup_logging
 from initbuilder.cli.kernel import kernel_options
 from initbuilder.cpio import COMPRESSIONS
@@ -28,6 +29,7 @@ from initbuilder.spec import build as run_build
 @click.option("--base", "bases", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Merge an existing initrd (compressed or not, concatenated archives too). "
                    "Repeatable.")
+@closure_options
 @kernel_options
 @click.option("--no-init", is_flag=True,
               help="Leave out initkit's guest init and its Python runtime (/init).")
@@ -42,9 +44,11 @@ from initbuilder.spec import build as run_build
               help="-v: what was added from where and each phase's time; -vv: every entry "
                    "and subprocess.")
 def build(output: Path, files: tuple[str, ...], busybox: str, no_busybox: bool,
-          bases: tuple[Path, ...], kernel: Path | None, modules_dir: Path | None,
-          modules: tuple[str, ...], no_init: bool, python: Path | None,
-          compression: str | None, source_date_epoch: int | None, verbose: int) -> None:
+          bases: tuple[Path, ...], binaries: tuple[str, ...], root: Path | None,
+          library_path: tuple[str, ...], dlopen: str, allow_missing: bool,
+          kernel: Path | None, modules_dir: Path | None, modules: tuple[str, ...],
+          no_init: bool, python: Path | None, compression: str | None,
+          source_date_epoch: int | None, verbose: int) -> None:
     """Build a deterministic newc initrd at OUTPUT.
 
     The same inputs give the same bytes: entries are sorted, every mtime is the source
@@ -64,6 +68,11 @@ def build(output: Path, files: tuple[str, ...], busybox: str, no_busybox: bool,
         files=list(files),
         busybox=None if no_busybox else busybox,
         bases=list(bases),
+        binaries=list(binaries),
+        root=root,
+        library_path=list(library_path),
+        dlopen=dlopen,
+        allow_missing=allow_missing,
         kernel=kernel,
         modules_dir=modules_dir,
         modules=list(modules) or None,
