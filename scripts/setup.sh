@@ -4,7 +4,7 @@ set -euo pipefail
 
 INITKIT_APT_PACKAGES=(
   libarchive13 libarchive-tools cpio busybox-static zstd lz4 xz-utils
-  qemu-system-x86 qemu-utils util-linux gcc libc6-dev pax-utils binutils
+  qemu-system-x86 qemu-utils util-linux gcc libc6-dev pax-utils binutils llvm-14
 )
 
 initkit_setup() {
