@@ -345,11 +345,18 @@ class Image:
             for i in range(1, len(parts) + 1):
                 prefix = "/" + "/".join(parts[:i])
                 if os.path.islink(prefix):
+                    key = self.resolve(prefix)
+                    existing = self._entries.get(key)
+                    if (existing is not None and existing.kind is Kind.DIR
+                            and (not existing.weak or self._has_children(key))):
+                        # The image already has a real directory where the host has a
+                        # link (/lib with modules in it, on a merged-usr host): the
+                        # loader's path works through the directory just as well.
+                        continue
                     hops += 1
                     if hops > _MAX_LINK_HOPS:
                         raise InitkitError(f"{host}: too many levels of symbolic links")
                     target = os.readlink(prefix)
-                    existing = self._entries.get(prefix.lstrip("/"))
                     if existing is None or existing.kind is not Kind.SYMLINK:
                         self.add_symlink(prefix, target, source=source or str(host))
                     rest = "/".join(parts[i:])

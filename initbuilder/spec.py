@@ -89,17 +89,17 @@ def build_image(spec: BuildSpec, phases: _Phases | None = None) -> tuple[Image, 
 
             add_binaries(image, spec.binaries, root=spec.root, library_path=spec.library_path,
                          dlopen=spec.dlopen, allow_missing=spec.allow_missing)
+    if spec.init:
+        with timed("runtime"):
+            from initbuilder.runtime import add_runtime
+
+            add_runtime(image, python=spec.python)
     if _wants_modules(spec):
         with timed("modules"):
             from initbuilder.modules import add_modules
 
             loaded = add_modules(image, kernel=spec.kernel, modules_dir=spec.modules_dir,
                                  names=spec.modules)
-    if spec.init:
-        with timed("runtime"):
-            from initbuilder.runtime import add_runtime
-
-            add_runtime(image, python=spec.python)
     return image, loaded
 
 

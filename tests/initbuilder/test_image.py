@@ -129,3 +129,19 @@ def test_add_host_file_keeping_links_recreates_each_link(tmp_path: Path) -> None
     assert image.get(f"{root}/usr/lib/libz.so.1").target == "libz.so.1.2"
     # The same file again (through the same links) is not a conflict.
     image.add_host_file_keeping_links(tmp_path / "lib" / "libz.so.1")
+
+
+def test_a_real_directory_in_the_image_is_kept_where_the_host_has_a_link(
+    tmp_path: Path,
+) -> None:
+    # Kernel modules made /lib a real directory before libraries reached through the
+    # host's lib -> usr/lib link: the library goes through the directory.
+    (tmp_path / "usr" / "lib").mkdir(parents=True)
+    (tmp_path / "usr" / "lib" / "libc.so.6").write_bytes(b"libc")
+    (tmp_path / "lib").symlink_to("usr/lib")
+    root = str(tmp_path).lstrip("/")
+    image = Image()
+    image.add_file(f"{root}/lib/modules/fuse.ko", data=b"ko")
+    stored = image.add_host_file_keeping_links(tmp_path / "lib" / "libc.so.6")
+    assert stored == f"{root}/lib/libc.so.6"
+    assert image.get(f"{root}/lib").kind is Kind.DIR

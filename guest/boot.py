@@ -1,0 +1,244 @@
+"""Carry a plan out through a System: the steps, then the action, to an ExitStatus."""
+
+from __future__ import annotations
+
+import errno
+
+from guest import plan as steps
+from guest.cmdline import parse
+from guest.protocol import INIT_FAILED, NO_NONCE, NOT_EXECUTABLE, NOT_FOUND, ExitStatus
+from guest.system import ShutdownRequested, System
+
+_FIND_CHUNK = 1 << 16
+_NOT_FOUND_ERRNOS = (errno.ENOENT, errno.ENOTDIR)
+
+
+class Outcome:
+    """What PID 1 reports at the end; filled in as the boot learns it."""
+
+    __slots__ = ("nonce", "status")
+
+    def __init__(self) -> None:
+        self.nonce = NO_NONCE
+        self.status = ExitStatus.exited(INIT_FAILED)
+
+
+class Timeline:
+    """Phase timings for ``initkit.debug``, in seconds since boot."""
+
+    def __init__(self, system: System, started: float) -> None:
+        self._now = system.now
+        self.started = started
+        self.marks: list[tuple[str, float]] = []
+
+    def mark(self, label: str) -> None:
+        self.marks.append((label, self._now()))
+
+    def report(self, exec_time: float | None) -> list[str]:
+        """Lines describing where the init's time went, up to now."""
+        end = self._now()
+        lines = []
+        if exec_time is not None:
+            lines.append(f"timing: kernel ran /init at {exec_time:.3f} s since boot; its "
+                         f"code began {(self.started - exec_time) * 1000:.1f} ms later "
+                         "(the interpreter's start)")
+        else:
+            lines.append(f"timing: /init's code began at {self.started:.3f} s since boot")
+        last = self.started
+        for label, when in self.marks:
+            lines.append(f"timing: {(when - last) * 1000:7.1f} ms  {label}")
+            last = when
+        since_exec = f", {(end - exec_time) * 1000:.1f} ms since exec" if exec_time else ""
+        lines.append(f"timing: action starts at {end:.3f} s since boot "
+                     f"({(end - self.started) * 1000:.1f} ms since /init's code began"
+                     f"{since_exec})")
+        return lines
+
+
+def boot(system: System, outcome: Outcome, started: float,
+         imported: float | None = None) -> None:
+    """Everything PID 1 does before powering off; sets ``outcome``. ``started`` is when
+    /init's code began, ``imported`` when the guest package had been imported."""
+    timeline = Timeline(system, started)
+    if imported is not None:
+        timeline.marks.append(("import the guest package (ctypes included)", imported))
+    run_steps(steps.early_steps(), system, timeline)
+    cmdline = parse(system.read_cmdline())
+    plan = steps.make_plan(cmdline, modules=system.read_text(steps.MODULE_LIST),
+                           shell=system.find_shell(), environ=system.environ())
+    outcome.nonce = plan.nonce
+    timeline.mark("read the command line and plan")
+    for warning in plan.warnings:
+        system.say(warning)
+    fatal = run_steps(plan.steps, system, timeline)
+    if plan.debug:
+        for line in timeline.report(system.init_exec_time()):
+            system.say(line)
+    if fatal is not None:
+        system.say(f"{fatal}; not starting the action")
+        outcome.status = ExitStatus.exited(INIT_FAILED)
+        return
+    system.catch_shutdown_signals()
+    try:
+        outcome.status = run_action(plan.action, system, debug=plan.debug)
+    except ShutdownRequested as request:
+        system.say(f"{request}; ending every process")
+        outcome.status = ExitStatus.exited(0)
+
+
+def describe(exc: OSError) -> str:
+    """``errno 2 ENOENT (No such file or directory)``: the kernel's errno, spelled out."""
+    number = exc.errno or 0
+    name = errno.errorcode.get(number, "?")
+    return f"errno {number} {name} ({exc.strerror})"
+
+
+def run_steps(plan_steps: tuple[steps.Step, ...], system: System,
+              timeline: Timeline) -> str | None:
+    """Run every step; report failures. Returns the message of a fatal failure, or None."""
+    for step in plan_steps:
+        label = _label(step)
+        try:
+            _run_step(step, system)
+        except OSError as exc:
+            message = f"{label} failed: {describe(exc)}"
+            hint = getattr(step, "hint", "")
+            if hint:
+                message += f"; {hint}"
+            system.say(message)
+            if getattr(step, "fatal", False):
+                return message
+        timeline.mark(label)
+    return None
+
+
+def _label(step: steps.Step) -> str:
+    if isinstance(step, steps.Mount):
+        if step.flags & steps.MS_REMOUNT:
+            return f"remount {step.target}"
+        what = step.fstype or "bind"
+        return f"mount {what} {step.source!r} on {step.target}"
+    if isinstance(step, steps.LoadModule):
+        return f"load module {step.path}"
+    if isinstance(step, steps.Console):
+        return f"open console {step.path}"
+    if isinstance(step, steps.Symlink):
+        return f"link {step.path}"
+    return f"create {step.path}"
+
+
+def _run_step(step: steps.Step, system: System) -> None:
+    if isinstance(step, steps.Mount):
+        if not step.flags & steps.MS_REMOUNT:
+            system.make_dir(step.target)
+        system.mount(step.source, step.target, step.fstype, step.flags, step.data)
+    elif isinstance(step, steps.Console):
+        system.ensure_console(step.path)
+    elif isinstance(step, steps.Symlink):
+        system.symlink(step.path, step.target)
+    elif isinstance(step, steps.LoadModule):
+        system.load_module(step.path)
+    elif isinstance(step, steps.MakeDir):
+        system.make_dir(step.path)
+    else:
+        raise TypeError(f"unknown step {step!r}")
+
+
+def run_action(action: steps.Action, system: System, *, debug: bool = False) -> ExitStatus:
+    """Carry out the one action and say how it ended."""
+    if isinstance(action, steps.ListTree):
+        return _list_tree(action, system)
+    if isinstance(action, steps.Spawn):
+        return _spawn(action, system, debug)
+    if isinstance(action, steps.SwitchRoot):
+        return _switch_root(action, system)
+    if isinstance(action, steps.Fail):
+        system.say(action.message)
+        return ExitStatus.exited(action.status)
+    raise TypeError(f"unknown action {action!r}")
+
+
+def _list_tree(action: steps.ListTree, system: System) -> ExitStatus:
+    pending = bytearray()
+    failed = False
+    for path, error in system.walk(action.root.encode("utf-8", "surrogateescape")):
+        if error is not None:
+            system.write_out(bytes(pending))
+            pending.clear()
+            name = path.decode("utf-8", "backslashreplace")
+            system.say(f"find: {name}: {describe(error)}")
+            failed = True
+            continue
+        pending += path + b"\n"
+        if len(pending) >= _FIND_CHUNK:
+            system.write_out(bytes(pending))
+            pending.clear()
+    system.write_out(bytes(pending))
+    return ExitStatus.exited(1 if failed else 0)
+
+
+def _spawn(action: steps.Spawn, system: System, debug: bool) -> ExitStatus:
+    if debug:  # otherwise the console carries only the program's own output
+        system.say(f"running {action.what}: {' '.join(action.argv)}")
+    try:
+        pid = system.spawn(action.argv, action.env)
+    except OSError as exc:
+        return _exec_failure(action.argv[0], exc, system)
+    while True:
+        try:
+            ended, status = system.wait_any()
+        except ChildProcessError:
+            system.say(f"lost track of process {pid}")
+            return ExitStatus.exited(INIT_FAILED)
+        if ended == pid:
+            return ExitStatus.from_wait(status)
+        if debug:
+            system.say(f"reaped orphan {ended} ({ExitStatus.from_wait(status)})")
+
+
+def _exec_failure(program: str, exc: OSError, system: System) -> ExitStatus:
+    """A shell's answer to a failed exec: 127 not found, 126 found but not runnable."""
+    code = NOT_FOUND if exc.errno in _NOT_FOUND_ERRNOS else NOT_EXECUTABLE
+    why = describe(exc)
+    if exc.errno == errno.ENOENT and "/" in program and system.exists(program):
+        why += "; the file exists, so its ELF interpreter or #! interpreter is missing"
+    system.say(f"cannot run {program}: {why}")
+    return ExitStatus.exited(code)
+
+
+def _switch_root(action: steps.SwitchRoot, system: System) -> ExitStatus:
+    new_root, init = action.new_root, action.argv[0]
+    if init.startswith(steps.STORE + "/") and not system.exists(init):
+        # Checked before anything is torn down, so a typo leaves a working initrd.
+        return _exec_failure(init, OSError(errno.ENOENT, "No such file or directory"), system)
+    try:
+        system.make_dir(new_root)
+        system.mount("tmpfs", new_root, "tmpfs", 0, "mode=0755")
+        system.make_dir(new_root + steps.STORE)
+        system.mount(steps.STORE, new_root + steps.STORE, None, steps.MS_MOVE, "")
+        for path in steps.CARRIED_MOUNTS:
+            try:
+                system.make_dir(new_root + path)
+                system.mount(path, new_root + path, None, steps.MS_MOVE, "")
+            except OSError as exc:
+                system.say(f"switch root: moving {path} failed: {describe(exc)}; going on")
+        try:
+            system.umount("/tmp", steps.MNT_DETACH)  # its memory would stay pinned, unreachable
+        except OSError as exc:
+            system.say(f"switch root: unmounting /tmp failed: {describe(exc)}; going on")
+        failures = system.remove_tree_on_root(new_root)
+        if failures:
+            system.say(f"switch root: {failures} initrd files could not be removed; going on")
+        system.chdir(new_root)
+        system.mount(new_root, "/", None, steps.MS_MOVE, "")
+        system.chroot(".")
+        system.chdir("/")
+    except OSError as exc:
+        system.say(f"cannot switch root to {new_root}: {describe(exc)}")
+        return ExitStatus.exited(INIT_FAILED)
+    system.say(f"switched root; handing PID 1 to {' '.join(action.argv)}")
+    try:
+        system.execve(action.argv, action.env)
+    except OSError as exc:
+        return _exec_failure(init, exc, system)
+    return ExitStatus.exited(INIT_FAILED)  # execve returned without an error: cannot happen

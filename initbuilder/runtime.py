@@ -1,0 +1,263 @@
+"""The guest runtime: a private Python for the guest init, and ``/init`` that starts it.
+
+Under /usr/lib/initkit/python (never under /nix/store, which the virtiofs mount hides):
+the interpreter, the standard-library modules the guest package reaches (followed by
+initbuilder/pyimports.py under that interpreter, compiled to sourceless .pyc), the
+extension modules among them, and the guest package. CPython's getpath finds this
+prefix from the os.pyc landmark and lib-dynload. Shared libraries (libc, libffi,
+libpython of a shared build) stay at the paths the loader finds them by, as closure.py
+resolves them; the interpreter's own files are stripped of debug information.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from initbuilder.cache import cache_dir
+from initbuilder.closure import Resolver
+from initbuilder.errors import InitkitError
+from initbuilder.image import Image
+from initbuilder.process import run
+
+log = logging.getLogger("initkit.runtime")
+
+PREFIX = "/usr/lib/initkit/python"
+# What the interpreter imports before any of our code: the codec registry and UTF-8
+# (stdio and file names), and os, which is also getpath's landmark for the prefix.
+STARTUP_MODULES = ("encodings", "encodings.utf_8", "os")
+# -OO bytecode: no docstrings or asserts, smaller and quicker to unmarshal under TCG.
+OPTIMIZE = 2
+_FORMAT = "initkit-runtime-1"  # bump when the cached layout or its inputs change
+_GUEST_PACKAGE = Path(__file__).resolve().parent.parent / "guest"
+_FOLLOWER = Path(__file__).resolve().parent / "pyimports.py"
+_SOURCE = "guest runtime"
+
+
+@dataclass(frozen=True)
+class Module:
+    """One module of the runtime, as pyimports.py found it."""
+
+    name: str
+    kind: str  # source, bytecode, extension, builtin, namespace
+    guest: str | None
+    host: Path | None  # the compiled .pyc (source) or the file to copy
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What add_runtime puts in the image, before the ELF closures."""
+
+    version: str
+    executable: Path
+    platlibdir: str
+    modules: tuple[Module, ...]
+
+    @property
+    def interpreter(self) -> str:
+        return f"{PREFIX}/bin/python{self.version}"
+
+    @property
+    def libdir(self) -> str:
+        return f"{PREFIX}/{self.platlibdir}/python{self.version}"
+
+
+def init_script(interpreter: str) -> bytes:
+    """``/init``: the kernel runs it through the #! line (one argument: ``-IS``)."""
+    return (f"#!{interpreter} -IS\n"
+            "# initkit's guest init (docs/guest.md); the code is the guest package.\n"
+            "import time\n"
+            "started = time.clock_gettime(time.CLOCK_BOOTTIME)  # before the guest's imports\n"
+            "from guest.__main__ import main\n"
+            "main(started)\n").encode()
+
+
+def add_runtime(image: Image, *, python: Path | None = None) -> None:
+    """Add the interpreter (``python``, default the one running initbuilder) with its
+    ELF closure, the standard-library subset and the guest package as .pyc, and /init."""
+    runtime = collect(python)
+    resolver = Resolver()
+    image.add_file(runtime.interpreter, host=_stripped(runtime.executable), mode=0o755,
+                   source=f"{_SOURCE}: {runtime.executable}")
+    # getpath wants lib-dynload to exist (the exec_prefix landmark), used or not.
+    image.add_directory(f"{runtime.libdir}/lib-dynload", source=_SOURCE)
+    elf_files = [runtime.executable]
+    for module in runtime.modules:
+        if module.guest is None or module.host is None:
+            continue
+        src = f"{_SOURCE}: {module.name}"
+        if module.kind == "extension":
+            image.add_file(module.guest, host=_stripped(module.host), mode=0o755, source=src)
+            elf_files.append(module.host)
+        else:
+            image.add_file(module.guest, data=module.host.read_bytes(), mode=0o644, source=src)
+    for elf in elf_files:
+        _add_libraries(image, resolver, elf)
+    image.add_file("init", data=init_script(runtime.interpreter), mode=0o755, source=_SOURCE)
+    # The kernel opens /dev/console for init only if the node is in the initrd; and
+    # before devtmpfs is mounted CPython seeds its hash from /dev/urandom when the
+    # kernel's RNG is not ready yet (it dies without it). Same weak nodes as the skeleton.
+    image.add_device("dev/console", "c", 5, 1, 0o600, source=_SOURCE, weak=True)
+    image.add_device("dev/urandom", "c", 1, 9, 0o666, source=_SOURCE, weak=True)
+    log.info("guest runtime: Python %s from %s, %d modules", runtime.version,
+             runtime.executable, sum(1 for m in runtime.modules if m.guest))
+
+
+def _add_libraries(image: Image, resolver: Resolver, elf: Path) -> None:
+    """Add what the loader maps for ``elf`` at the paths it finds them by."""
+    closure = resolver.resolve(str(elf))
+    if closure.missing:
+        names = ", ".join(f"{m.name} ({m.reason}, {m.chain()})" for m in closure.missing)
+        raise InitkitError(f"the guest runtime's {elf} needs libraries that cannot be "
+                           f"found: {names}; fix the interpreter's installation or pass "
+                           "another one with --python")
+    objects = [closure.interpreter] if closure.interpreter is not None else []
+    objects += [lib for lib in closure.libraries if lib is not closure.interpreter]
+    for obj in objects:
+        if obj.path is None:  # the vDSO
+            continue
+        if _is_libpython(obj.path) and os.path.realpath(obj.path) == os.path.abspath(obj.path):
+            image.add_file(obj.path, host=_stripped(Path(obj.path)),
+                           source=f"{_SOURCE}: {obj.path}")
+        else:
+            image.add_host_file_keeping_links(obj.path, source=f"{_SOURCE}: {obj.path}")
+
+
+def _is_libpython(path: str) -> bool:
+    return os.path.basename(path).startswith("libpython")
+
+
+# -- following imports, under the target interpreter -------------------------------
+def collect(python: Path | None = None) -> Runtime:
+    """Run pyimports.py under ``python``; reuse an earlier answer for the same inputs."""
+    interpreter = _interpreter(python)
+    key = _cache_key(interpreter)
+    if key is None:
+        with tempfile.TemporaryDirectory(prefix="initkit-runtime-") as tmp:
+            return _load(_follow(interpreter, Path(tmp)), Path(tmp), keep_bytes=True)
+    root = cache_dir("runtime")
+    final = root / key
+    answer_file = final / "answer.json"
+    if not answer_file.exists():
+        scratch = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+        try:
+            answer = _follow(interpreter, scratch)
+            (scratch / "answer.json").write_text(json.dumps(answer))
+            try:
+                scratch.rename(final)
+            except OSError:  # another build got there first: theirs is the same
+                shutil.rmtree(scratch, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+    return _load(json.loads(answer_file.read_text()), final, keep_bytes=False)
+
+
+def _interpreter(python: Path | None) -> Path:
+    if python is None:
+        return Path(sys.executable)
+    if not python.exists():
+        raise InitkitError(f"--python {python}: no such file")
+    if not os.access(python, os.X_OK):
+        raise InitkitError(f"--python {python}: not executable")
+    return python
+
+
+def _cache_key(interpreter: Path) -> str | None:
+    """A key for everything the follower's answer depends on, or None when the
+    interpreter cannot be identified by its file (a wrapper script such as a pyenv shim)."""
+    real = Path(os.path.realpath(interpreter))
+    try:
+        with real.open("rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return None
+        st = real.stat()
+    except OSError:
+        return None
+    digest = hashlib.sha256(repr((_FORMAT, str(real), st.st_size, st.st_mtime_ns, st.st_ino,
+                                  STARTUP_MODULES, OPTIMIZE, PREFIX)).encode())
+    digest.update(_FOLLOWER.read_bytes())
+    for source in sorted(_GUEST_PACKAGE.rglob("*.py")):
+        digest.update(str(source.relative_to(_GUEST_PACKAGE)).encode() + b"\0")
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def _follow(interpreter: Path, out: Path) -> dict[str, Any]:
+    request = {"packages": {"guest": str(_GUEST_PACKAGE)}, "roots": list(STARTUP_MODULES),
+               "prefix": PREFIX, "out": str(out), "optimize": OPTIMIZE}
+    proc = run([interpreter, "-I", "-S", _FOLLOWER], input=json.dumps(request).encode(),
+               hint=f"--python {interpreter} must be a CPython 3.10 or newer")
+    try:
+        answer: dict[str, Any] = json.loads(proc.stdout)
+    except ValueError:
+        raise InitkitError(f"{interpreter} did not answer initbuilder's import follower "
+                           "with JSON; is it a CPython 3.10 or newer?") from None
+    if "error" in answer:
+        raise InitkitError(f"--python {interpreter}: {answer['error']}")
+    missing = {name: by for name, by in answer["missing"].items()
+               if by.startswith(("guest", "<"))}
+    if missing:
+        names = ", ".join(f"{name} (imported by {by})" for name, by in sorted(missing.items()))
+        raise InitkitError(f"{interpreter} lacks modules the guest init needs: {names}")
+    return answer
+
+
+def _load(answer: dict[str, Any], out: Path, *, keep_bytes: bool) -> Runtime:
+    facts = answer["facts"]
+    modules = []
+    for entry in answer["files"]:
+        guest, host = entry["guest"], entry["host"]
+        if entry["kind"] == "source" and guest is not None:
+            compiled = out / guest.lstrip("/")
+            # The temporary directory goes away: keep the bytes, not the path.
+            host = _keep(compiled) if keep_bytes else compiled
+        modules.append(Module(entry["name"], entry["kind"], guest,
+                              None if host is None else Path(host)))
+    return Runtime(facts["version"], Path(facts["executable"]), facts["platlibdir"],
+                   tuple(modules))
+
+
+def _keep(path: Path) -> Path:
+    """Copy a file out of a temporary directory into the cache, by content."""
+    data = path.read_bytes()
+    target = cache_dir("runtime", "pyc") / hashlib.sha256(data).hexdigest()[:32]
+    if not target.exists():
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return target
+
+
+# -- stripping -----------------------------------------------------------------------
+def _stripped(path: Path) -> Path:
+    """``path`` without debug information or symbol tables (cached by the file's
+    identity); the file itself if there is no ``strip``."""
+    st = path.stat()
+    key = hashlib.sha256(repr((str(path.resolve()), st.st_size, st.st_mtime_ns,
+                               st.st_ino)).encode()).hexdigest()[:24]
+    target = cache_dir("runtime", "stripped") / f"{key}-{path.name}"
+    if target.exists():
+        return target
+    strip = shutil.which("strip")
+    if strip is None:
+        log.warning("no strip(1) on $PATH: %s goes into the initrd with its debug "
+                    "information (install binutils for a smaller initrd)", path)
+        return path
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        run([strip, "--strip-unneeded", "-o", tmp, path],
+            hint="install binutils, or remove the broken strip from $PATH")
+        os.chmod(tmp, st.st_mode & 0o7777)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,191 @@
+"""initbuilder.runtime and pyimports: the private Python the guest init runs on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from guestfake import missing_part
+
+from initbuilder import runtime
+from initbuilder.cpio import write_initrd
+from initbuilder.errors import InitkitError
+from initbuilder.image import Image, Kind
+from initbuilder.pyimports import imports_of
+
+PREFIX = runtime.PREFIX
+VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
+LIB = f"usr/lib/initkit/python/{sys.platlibdir}/python{VERSION}"
+
+
+def names(source: str, *, module: str = "pkg.mod", package: bool = False,
+          everywhere: bool = False) -> set[tuple[str, bool]]:
+    return {(m, opt) for m, opt, _ in imports_of(source.encode(), module, package, everywhere)}
+
+
+# -- following imports ------------------------------------------------------------------
+def test_module_level_imports_and_from_imports() -> None:
+    got = names("import os, sys\nfrom ctypes import CDLL, util\n")
+    assert {("os", False), ("sys", False), ("ctypes", False)} <= got
+    # "from pkg import name" may name a submodule: tried, optional.
+    assert ("ctypes.util", True) in got and ("ctypes.CDLL", True) in got
+
+
+def test_function_bodies_only_when_asked() -> None:
+    source = "def f():\n    import subprocess\nclass C:\n    import json\n"
+    assert names(source) == {("json", False)}  # a class body runs at import time
+    assert names(source, everywhere=True) == {("json", False), ("subprocess", False)}
+
+
+def test_type_checking_blocks_are_skipped() -> None:
+    source = ("TYPE_CHECKING = False\nif TYPE_CHECKING:\n    import typing\n"
+              "import typing as t\nif t.TYPE_CHECKING:\n    import collections\n"
+              "else:\n    import io\n")
+    assert names(source) == {("typing", False), ("io", False)}
+
+
+def test_guarded_imports_are_optional_and_fallbacks_know_their_primary() -> None:
+    source = ("try:\n    from _abc import get_cache_token\nexcept ImportError:\n"
+              "    from _py_abc import ABCMeta\n")
+    got = imports_of(source.encode(), "abc", False, False)
+    assert ("_abc", True, ()) in got
+    assert ("_py_abc", False, ("_abc",)) in got
+
+
+def test_relative_imports_resolve_against_the_package() -> None:
+    assert names("from . import plan", module="guest", package=True) == {
+        ("guest", False), ("guest.plan", True)}
+    assert ("guest.plan", False) in names("from .plan import x", module="guest.boot")
+    assert names("from .. import b", module="a.c.d") == {("a", False), ("a.b", True)}
+    assert names("from ... import x", module="a") == set()  # beyond the top: ignored
+
+
+def test_the_guest_reaches_only_a_small_stdlib_subset() -> None:
+    found = {m.name: m for m in runtime.collect().modules}
+    assert {"guest.__main__", "guest.system", "ctypes", "encodings.utf_8", "os",
+            "__future__"} <= set(found)
+    assert found["_ctypes"].kind == "extension"
+    # Heavy modules the init avoids on purpose stay out.
+    assert not {"typing", "dataclasses", "enum", "signal", "subprocess", "re", "traceback",
+                "contextlib", "collections", "_py_abc"} & set(found)
+    assert sum(1 for m in found.values() if m.kind == "source") < 40
+
+
+# -- the runtime in an image ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def image() -> Image:
+    image = Image()
+    runtime.add_runtime(image)
+    return image
+
+
+def test_layout_under_the_private_prefix(image: Image) -> None:
+    interpreter = image.get(f"usr/lib/initkit/python/bin/python{VERSION}")
+    assert interpreter is not None and interpreter.kind is Kind.FILE and interpreter.mode == 0o755
+    os_pyc = image.get(f"{LIB}/os.pyc")  # getpath's landmark
+    assert os_pyc is not None and os_pyc.kind is Kind.FILE
+    dynload = image.get(f"{LIB}/lib-dynload")
+    assert dynload is not None and dynload.kind is Kind.DIR
+    assert image.get(f"{LIB}/guest/__main__.pyc") is not None
+    paths = [p for p, _ in image.items()]
+    assert not [p for p in paths if p.startswith("nix/")]
+    assert not [p for p in paths if p.startswith(LIB) and p.endswith(".py")]  # sourceless
+    console = image.get("dev/console")
+    assert console is not None and (console.kind, console.major, console.minor) == (
+        Kind.CHAR, 5, 1)
+
+
+def test_pyc_files_are_unchecked_hash_bytecode(image: Image) -> None:
+    entry = image.get(f"{LIB}/os.pyc")
+    assert entry is not None and entry.data is not None
+    import importlib.util
+
+    assert entry.data[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(entry.data[4:8], "little") == 0b01  # hash-based, not checked
+
+
+def test_init_script_runs_the_guest_isolated(image: Image) -> None:
+    init = image.get("init")
+    assert init is not None and init.mode == 0o755 and init.data is not None
+    first, *rest = init.data.decode().splitlines()
+    assert first == f"#!{PREFIX}/bin/python{VERSION} -IS"
+    assert "from guest.__main__ import main" in rest
+
+
+def test_interpreter_and_libpython_are_stripped(image: Image) -> None:
+    for path, entry in image.items():
+        if entry.kind is Kind.FILE and entry.host is not None and (
+                "libpython" in path or path.endswith(f"bin/python{VERSION}")):
+            original = Path("/" + path) if "libpython" in path else Path(
+                os.path.realpath(sys.executable))
+            if shutil.which("strip") is None:
+                missing_part("strip (binutils) is not installed")
+            assert entry.host.stat().st_size <= original.stat().st_size
+
+
+def test_same_inputs_same_bytes(tmp_path: Path, image: Image) -> None:
+    again = Image()
+    runtime.add_runtime(again)
+    write_initrd(image, tmp_path / "a.cpio")
+    write_initrd(again, tmp_path / "b.cpio")
+    assert (tmp_path / "a.cpio").read_bytes() == (tmp_path / "b.cpio").read_bytes()
+
+
+def test_compiling_twice_gives_the_same_pyc(tmp_path: Path) -> None:
+    first = runtime._follow(Path(sys.executable), tmp_path / "one")
+    second = runtime._follow(Path(sys.executable), tmp_path / "two")
+    pycs = [f["guest"] for f in first["files"] if f["kind"] == "source"]
+    assert pycs and first["files"] == [
+        {**f, "host": f["host"] and f["host"].replace("/two/", "/one/")} for f in second["files"]]
+    for guest in pycs:
+        one = (tmp_path / "one" / guest.lstrip("/")).read_bytes()
+        assert one == (tmp_path / "two" / guest.lstrip("/")).read_bytes(), guest
+
+
+def test_python_option_errors(tmp_path: Path) -> None:
+    with pytest.raises(InitkitError, match="no such file"):
+        runtime.add_runtime(Image(), python=tmp_path / "nope")
+    text = tmp_path / "python"
+    text.write_text("not a program")
+    with pytest.raises(InitkitError, match="not executable"):
+        runtime.add_runtime(Image(), python=text)
+    with pytest.raises(InitkitError):
+        runtime.add_runtime(Image(), python=Path("/bin/true"))  # answers nothing
+
+
+def test_wrapper_script_interpreter_is_followed(tmp_path: Path) -> None:
+    """A wrapper (like a pyenv shim) works: facts come from the real interpreter."""
+    wrapper = tmp_path / "python3"
+    wrapper.write_text(f'#!/bin/sh\nexec "{os.path.realpath(sys.executable)}" "$@"\n')
+    wrapper.chmod(0o755)
+    image = Image()
+    runtime.add_runtime(image, python=wrapper)
+    assert image.get(f"usr/lib/initkit/python/bin/python{VERSION}") is not None
+
+
+def test_runtime_starts_from_the_unpacked_initrd(image: Image, tmp_path: Path) -> None:
+    """The relocated interpreter runs in a chroot of the initrd: its prefix is the
+    private one, it finds libpython and the extension modules, and imports the guest."""
+    if os.geteuid() != 0 or shutil.which("cpio") is None:
+        missing_part("needs root for chroot and cpio to unpack")
+    initrd = tmp_path / "initrd.cpio"
+    write_initrd(image, initrd)
+    root = tmp_path / "root"
+    root.mkdir()
+    with initrd.open("rb") as stream:
+        subprocess.run(["cpio", "-id", "--quiet"], stdin=stream, cwd=root, check=True,
+                       timeout=60)
+    code = ("import sys, guest.__main__, guest.system; guest.system.System(); "
+            "print(sys.prefix, sys.exec_prefix, sys.flags.utf8_mode, "
+            "sorted(m for m in sys.modules if m.startswith('ctypes')))")
+    proc = subprocess.run([shutil.which("chroot") or "chroot", str(root),
+                           f"{PREFIX}/bin/python{VERSION}", "-IS", "-c", code],
+                          capture_output=True, text=True, timeout=60, env={})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no "Could not find platform libraries" warnings
+    assert proc.stdout.split(" ", 3) == [PREFIX, PREFIX, "1",
+                                         "['ctypes', 'ctypes._endian']\n"]
