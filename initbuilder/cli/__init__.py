@@ -5,10 +5,18 @@ from __future__ import annotations
 import click
 
 from initbuilder import __version__
-from initbuilder.cli.framework import Group
+from initbuilder.cli.framework import LazyGroup
+
+_COMMANDS = {
+    "build": "initbuilder.cli.build:build",
+    "ls": "initbuilder.cli.ls:ls",
+    "closure": "initbuilder.cli.closure:closure",
+    "kernel": "initbuilder.cli.kernel:kernel",
+}
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=_COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="initbuilder")
 def main() -> None:
     """Build small, deterministic cpio initrds for micro-VMs.
@@ -22,14 +30,3 @@ def main() -> None:
       initbuilder kernel fetch                      # a kernel to boot (Debian's)
     """
 
-
-def _register() -> None:
-    from initbuilder.cli import build, closure, kernel, ls
-
-    main.add_command(build.build)
-    main.add_command(ls.ls)
-    main.add_command(closure.closure)
-    main.add_command(kernel.kernel)
-
-
-_register()

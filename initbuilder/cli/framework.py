@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -26,6 +27,24 @@ class _ReportsUserErrors:
 
 class Group(_ReportsUserErrors, click.Group):
     pass
+
+
+class LazyGroup(Group):
+    """A group whose subcommands are imported only when used, so that `--help` and the
+    front ends that import this module (hostrun) do not pay for every command."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.lazy = dict(lazy or {})  # name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
 
 class Command(_ReportsUserErrors, click.Command):

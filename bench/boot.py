@@ -1,0 +1,152 @@
+"""Boot time of `hostrun --exec` against the floor: plain QEMU doing the same job.
+
+Run: python bench/boot.py [--runs N] [--accel tcg|kvm]
+
+Wall time from invocation to exit, for `--exec` of a tiny static program from a store
+shared over virtiofs, on Debian 12's kernel. The floor is what it costs at least: the
+same QEMU machine, kernel, kernel command line and modules, the C virtiofsd started
+directly, and a busybox sh script as /init doing the same mounts and exec
+(bench/floor.py); it is started from this already-running process, so it pays no
+interpreter start-up. Rows:
+  floor                         plain QEMU + virtiofsd + busybox /init
+  hostrun, floor initrd         hostrun's own overhead (CLI, daemon, supervision)
+  hostrun, default initrd       what a user gets: hostrun + initkit's guest init
+Runs are interleaved (one of each per round) so drift hits every row alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.floor import build_floor_initrd
+from hostrun import hostcpu
+from hostrun.action import Action, kernel_cmdline
+from hostrun.vmm import BootConfig, Qemu
+from initbuilder.kernel import extract_vmlinux
+from initbuilder.kernelfetch import fetch_debian_kernel
+
+HELLO_C = 'int main(void){static const char m[]="Hello, world!\\n";' \
+          'return write(1,m,sizeof m-1)!=sizeof m-1;}'
+HASH = "1b9p07z77phvv2hf6gm9f28syp39f1ag"
+# The console script next to this interpreter: a version manager's shim on PATH (pyenv)
+# would add its own start-up (200 ms here) to what is measured.
+HOSTRUN = str(Path(sys.executable).with_name("hostrun"))
+
+
+def make_store(root: Path) -> str:
+    """A store with one static program; returns its guest path."""
+    out = root / f"{HASH}-hello" / "bin" / "hello"
+    out.parent.mkdir(parents=True)
+    src = root.parent / "hello.c"
+    src.write_text("#include <unistd.h>\n" + HELLO_C + "\n")
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(src)], check=True)
+    return f"/nix/store/{HASH}-hello/bin/hello"
+
+
+def floor_run(vmlinux: Path, initrd: Path, store: Path, program: str, accel: str,
+              workdir: Path) -> float:
+    """One floor boot: virtiofsd on an inherited socket, then QEMU; seconds to exit."""
+    start = time.perf_counter()
+    path = workdir / "floor.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)
+    daemon = subprocess.Popen(["/usr/lib/qemu/virtiofsd", f"--fd={listener.fileno()}",
+                               "-o", f"source={store}", "-o", "cache=auto",
+                               "-o", "log_level=warn"],
+                              pass_fds=(listener.fileno(),), stderr=subprocess.DEVNULL)
+    listener.close()
+    qemu = Qemu(tsc_khz=hostcpu.host_tsc_khz() if accel == "tcg" else None)
+    cmdline = kernel_cmdline(defaults=qemu.cmdline_defaults(accel), nonce="0" * 16,
+                             verbose=False, action=Action("exec", argv=(program,)))
+    argv = qemu.argv(BootConfig(kernel=vmlinux, initrd=initrd, cmdline=cmdline,
+                                fs_socket=path, accel=accel))
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    daemon.wait()
+    took = time.perf_counter() - start
+    path.unlink()
+    if b"Hello, world!" not in proc.stdout or b":exit=0" not in proc.stdout:
+        raise SystemExit(f"floor boot failed:\n{proc.stdout.decode(errors='replace')}")
+    return took
+
+
+def hostrun_run(kernel: Path, initrd: Path | None, store: Path, program: str,
+                accel: str) -> float:
+    argv = [HOSTRUN, "--kernel", str(kernel), "--store", str(store), "--vmm", "qemu",
+            "--accel", accel, "--timeout", "120"]
+    if initrd is not None:
+        argv += ["--initrd", str(initrd)]
+    start = time.perf_counter()
+    proc = subprocess.run([*argv, "--exec", program], stdin=subprocess.DEVNULL,
+                          capture_output=True, check=False)
+    took = time.perf_counter() - start
+    if proc.returncode != 0 or not proc.stdout.endswith(b"Hello, world!\n"):
+        raise SystemExit(f"hostrun failed ({proc.returncode}): {proc.stdout!r} "
+                         f"{proc.stderr.decode(errors='replace')}")
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--accel", choices=("tcg", "kvm"), default="tcg")
+    parser.add_argument("--initrd", type=Path, metavar="PATH",
+                        help="also measure hostrun with this initrd (e.g. one built by "
+                             "initbuilder build)")
+    args = parser.parse_args()
+    if not os.access(HOSTRUN, os.X_OK):
+        raise SystemExit(f"{HOSTRUN} is missing: pip install -e .")
+    kernel = fetch_debian_kernel()
+    vmlinux = extract_vmlinux(kernel.bzimage)
+    with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
+        work = Path(tmp)
+        store = work / "store"
+        store.mkdir()
+        program = make_store(store)
+        floor_initrd = build_floor_initrd(work / "floor.cpio", kernel=kernel.bzimage)
+        rows: dict[str, list[float]] = {"floor": [], "hostrun, floor initrd": []}
+        runners = {
+            "floor": lambda: floor_run(vmlinux, floor_initrd, store, program, args.accel,
+                                       work),
+            "hostrun, floor initrd": lambda: hostrun_run(kernel.bzimage, floor_initrd,
+                                                         store, program, args.accel),
+        }
+        try:
+            hostrun_run(kernel.bzimage, None, store, program, args.accel)  # builds, caches
+            rows["hostrun, default initrd"] = []
+            runners["hostrun, default initrd"] = lambda: hostrun_run(
+                kernel.bzimage, None, store, program, args.accel)
+        except SystemExit as exc:
+            print(f"(default initrd not measured: {str(exc).splitlines()[0][:200]})")
+        if args.initrd is not None:
+            given = args.initrd.resolve()
+            rows["hostrun, --initrd given"] = []
+            runners["hostrun, --initrd given"] = lambda: hostrun_run(
+                kernel.bzimage, given, store, program, args.accel)
+        for name in runners:
+            runners[name]()  # warm the page cache and the vmlinux cache
+        for _ in range(args.runs):
+            for name, runner in runners.items():
+                rows[name].append(runner())
+    floor = statistics.median(rows["floor"])
+    print(f"kernel {kernel.version}, accel {args.accel}, {args.runs} runs each, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'':28} {'median':>8} {'min':>8} {'max':>8} {'ratio':>6}")
+    for name, times in rows.items():
+        median = statistics.median(times)
+        print(f"{name:28} {median * 1000:7.0f}ms {min(times) * 1000:7.0f}ms "
+              f"{max(times) * 1000:7.0f}ms {median / floor:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

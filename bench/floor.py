@@ -1,0 +1,63 @@
+"""The floor: the least a virtiofs micro-VM boot can do, for bench/boot.py to compare with.
+
+An initrd whose /init is a busybox sh script: mount proc, sys, dev; insmod the kernel
+modules in the load-list order; mount the virtiofs tag on /nix/store; run the action
+(tvix.exec / tvix.run / tvix.find / tvix.shell) and print the guest protocol's status
+record; power off. Built with initbuilder's Image, modules and cpio writer, so the
+modules are exactly the ones hostrun's own initrd carries.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from initbuilder.cpio import write_initrd
+from initbuilder.image import Image
+from initbuilder.modules import add_modules
+from initbuilder.sources import add_skeleton
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+/bin/busybox mount -t devtmpfs dev /dev
+export PATH=/bin
+cmdline=$(busybox cat /proc/cmdline)
+value() {
+  echo " $cmdline " | busybox sed -n -e "s/.* $1=\"\([^\"]*\)\" .*/\1/p" \
+    -e "t" -e "s/.* $1=\([^ ]*\) .*/\1/p"
+}
+has() { case " $cmdline " in *" $1 "*) return 0;; esac; return 1; }
+while read -r module; do busybox insmod "$module"; done < /etc/initkit/modules
+busybox mkdir -p /nix/store
+tag=$(value tvix.tag); tag=${tag:-tvix}
+busybox mount -t virtiofs -o ro "$tag" /nix/store
+nonce=$(value initkit.nonce); nonce=${nonce:-none}
+if has tvix.find; then busybox find /nix/store
+elif has tvix.shell; then busybox setsid -c busybox sh
+elif [ -n "$(value tvix.exec)" ]; then $(value tvix.exec)
+elif [ -n "$(value tvix.run)" ]; then busybox sh -c "$(value tvix.run)"
+else echo "floor init: no action"; false
+fi
+status=$?
+if [ $status -gt 128 ]; then kind=signal; status=$((status - 128)); else kind=exit; fi
+printf '\ninitkit-status:%s:%s=%d\n' "$nonce" "$kind" "$status"
+busybox poweroff -f
+"""
+
+
+def build_floor_initrd(out: Path, *, kernel: Path | None = None,
+                       modules_dir: Path | None = None) -> Path:
+    """Write the floor initrd (uncompressed newc) to ``out`` and return it."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise FileNotFoundError("busybox is needed for the floor initrd (apt-get install "
+                                "busybox-static)")
+    image = Image()
+    add_skeleton(image)
+    image.add_file("bin/busybox", host=busybox, mode=0o755)
+    image.add_symlink("bin/sh", "busybox")
+    image.add_file("init", data=INIT_SCRIPT.encode(), mode=0o755)
+    add_modules(image, kernel=kernel, modules_dir=modules_dir)
+    write_initrd(image, out, compression="none")
+    return out

@@ -1,0 +1,7 @@
+"""``python -m hostrun``: the same as the ``hostrun`` command."""
+
+from __future__ import annotations
+
+from hostrun.cli import main
+
+main()

@@ -1,0 +1,150 @@
+"""`hostrun`: boot a kernel + initrd with /nix/store shared over virtiofs, run one thing,
+exit with its status."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from hostrun.action import Action
+from initbuilder.cli.framework import Command, setup_logging
+from initbuilder.errors import InitkitError
+
+# The seed runVM's environment variables; the matching flags win over them.
+ENV_CPUS = "CH_NUM_CPUS"
+ENV_MEMORY = "CH_MEM_SIZE"
+ENV_CMDLINE = "CH_CMDLINE"
+
+_EPILOG = """\b
+Exit status: the guest program's (a signal N as 128+N), else
+  2 usage or input error, nothing started     121 virtiofs daemon failed
+  122 VMM failed                              123 guest gave no status
+  124 --timeout expired    130 Ctrl-C    143 SIGTERM
+\b
+Environment: CH_NUM_CPUS, CH_MEM_SIZE, CH_CMDLINE (the seed's; flags win),
+HOSTRUN_KERNEL (default --kernel), HOSTRUN_ACCEL (default --accel), INITKIT_CACHE.
+"""
+
+
+@click.command(cls=Command, epilog=_EPILOG,
+               context_settings={"help_option_names": ["-h", "--help"],
+                                 "allow_interspersed_args": False})
+@click.option("--kernel", type=click.Path(path_type=Path),
+              help="Kernel image: bzImage or vmlinux. Default: $HOSTRUN_KERNEL, else "
+                   "Debian 12's kernel, fetched into the cache on first use.")
+@click.option("--initrd", type=click.Path(path_type=Path),
+              help="Initrd to boot. Default: initbuilder's for the kernel (its modules, the "
+                   "guest init, busybox), built once and cached.")
+@click.option("--store", type=click.Path(path_type=Path), default=Path("/nix/store"),
+              show_default=True, help="Directory the guest sees as /nix/store (read-only).")
+@click.option("--find", is_flag=True, help="List the store (tvix.find).")
+@click.option("--shell", is_flag=True,
+              help="A shell in the guest; on a terminal keys go to it raw (Ctrl-] leaves).")
+@click.option("--exec", "exec_path", metavar="PATH",
+              help="Run PATH with the ARGs that follow (tvix.exec). Put -- before ARGs that "
+                   "start with a dash.")
+@click.option("--run", "run_cmd", metavar="CMD", help="Run CMD with /bin/sh -c (tvix.run).")
+@click.option("--init", "init_path", metavar="PATH",
+              help="Hand PID 1 to PATH from the store (init=).")
+@click.option("--cpus", type=int, help=f"vCPUs (default: ${ENV_CPUS}, else 1).")
+@click.option("--memory", metavar="SIZE", help=f"Guest memory, e.g. 512M, 2G (default: "
+                                                f"${ENV_MEMORY}, else 512M).")
+@click.option("--cmdline", metavar="EXTRA", help=f"Extra kernel command line (default: "
+                                                 f"${ENV_CMDLINE}).")
+@click.option("--timeout", type=float, metavar="S",
+              help="Stop the VM after S seconds and exit 124.")
+@click.option("--vmm", type=click.Choice(["auto", "qemu", "cloud-hypervisor"]),
+              default="auto", show_default=True,
+              help="auto: cloud-hypervisor where it and KVM are available, else QEMU.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]),
+              help="QEMU accelerator (default: $HOSTRUN_ACCEL, else auto: KVM when /dev/kvm "
+                   "opens and a probe boot under KVM prints within 2 s, else TCG emulation).")
+@click.option("--daemon", default="auto", show_default=True, metavar="DAEMON",
+              help="virtiofs daemon: auto|virtiofsd (detected: Rust on PATH, else QEMU's C "
+                   "one), tvix-store, a virtiofsd path, or a command with {socket} {store} "
+                   "(and {fd} to be handed a listening socket).")
+@click.option("-v", "--verbose", count=True,
+              help="-v: kernel messages and what hostrun chose; -vv: also every command.")
+@click.argument("args", nargs=-1)
+def main(kernel: Path | None, initrd: Path | None, store: Path, find: bool, shell: bool,
+         exec_path: str | None, run_cmd: str | None, init_path: str | None,
+         cpus: int | None, memory: str | None, cmdline: str | None, timeout: float | None,
+         vmm: str, accel: str | None, daemon: str, verbose: int,
+         args: tuple[str, ...]) -> None:
+    """Boot a kernel and initrd in a micro-VM whose /nix/store is a virtiofs share of
+    --store, do one thing there, and exit with its status.
+
+    \b
+    Examples:
+      hostrun --exec /nix/store/...-hello/bin/hello
+      hostrun --store ./store --run 'ls /nix/store | wc -l'
+      hostrun --shell
+    """
+    from hostrun.action import action_words, guest_action_key, without_actions
+    from hostrun.plan import Request, plan
+    from hostrun.session import run
+    from hostrun.vmm import parse_memory
+
+    setup_logging(verbose)
+    chosen = _action(find, shell, exec_path, run_cmd, init_path, args)
+    extra = cmdline if cmdline is not None else os.environ.get(ENV_CMDLINE, "")
+    if chosen is not None:
+        extra = without_actions(extra)  # the flag wins over an action in CH_CMDLINE
+    elif not action_words(extra):
+        raise InitkitError("nothing to do: pass --find, --shell, --exec PATH, --run CMD or "
+                           "--init PATH (or put tvix.* in --cmdline / CH_CMDLINE)")
+    else:  # the seed's way: CH_CMDLINE=tvix.shell is a shell too
+        shell = guest_action_key(extra) == "tvix.shell"
+    request = Request(
+        kernel=kernel, initrd=initrd, store=store, action=chosen,
+        cpus=cpus if cpus is not None else _env_int(ENV_CPUS, 1),
+        memory_mib=parse_memory(memory or os.environ.get(ENV_MEMORY) or "512M"),
+        extra_cmdline=extra, timeout=timeout, vmm=vmm, accel=accel, daemon=daemon,
+        verbose=verbose > 0,
+    )
+    spec = plan(request)
+    stdin_tty = os.isatty(0)
+    interactive = shell and stdin_tty
+    # A terminal's input goes to the guest only for --shell (elsewhere the host's echo
+    # and the guest's would double every key); piped input always goes.
+    stdin: int | None = 0 if (interactive or not stdin_tty) else None
+    outcome = run(spec, stdin=stdin, interactive=interactive, live=os.isatty(1))
+    if outcome.error:
+        if interactive:
+            sys.stderr.write("\r\n")
+        sys.stderr.write(f"hostrun: {outcome.error}\n")
+    sys.exit(outcome.code)
+
+
+def _action(find: bool, shell: bool, exec_path: str | None, run_cmd: str | None,
+            init_path: str | None, args: tuple[str, ...]) -> Action | None:
+    given = [flag for flag, value in (("--find", find), ("--shell", shell),
+                                      ("--exec", exec_path), ("--run", run_cmd),
+                                      ("--init", init_path)) if value]
+    if len(given) > 1:
+        raise InitkitError(f"{' and '.join(given)} each choose what the guest does; pass one")
+    if args and exec_path is None:
+        raise InitkitError(f"unexpected arguments {' '.join(args)!r}: only --exec PATH takes "
+                           "arguments after it")
+    if exec_path is not None:
+        return Action("exec", argv=(exec_path, *args))
+    if run_cmd is not None:
+        return Action("run", command=run_cmd)
+    if init_path is not None:
+        return Action("init", command=init_path)
+    if find or shell:
+        return Action("find" if find else "shell")
+    return None
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InitkitError(f"${name}={value!r} is not a whole number") from None

@@ -1,0 +1,34 @@
+"""hostrun's exit codes: the guest program's status, or one of hostrun's own failures."""
+
+from __future__ import annotations
+
+import enum
+import signal
+
+
+class ExitCode(enum.IntEnum):
+    """Codes hostrun uses for its own outcomes (a guest program may use them too;
+    the one-line message on stderr tells which it was)."""
+
+    # Same as initbuilder.cli.framework.USER_ERROR_EXIT (not imported: it pulls in click).
+    USER_ERROR = 2  # bad flag, missing kernel or store: nothing was started
+    DAEMON_FAILED = 121  # the virtiofs daemon did not start or died during the run
+    VMM_FAILED = 122  # the VMM could not start or exited with an error
+    NO_STATUS = 123  # the guest gave no status line: kernel panic, init crash, power-off
+    TIMEOUT = 124  # --timeout expired (the code timeout(1) uses)
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports it)
+    TERMINATED = 143  # SIGTERM (128 + SIGTERM)
+
+
+def signal_exit_code(signum: int) -> int:
+    """A status for "killed by signal N", as a shell reports it: 128 + N."""
+    return 128 + signum
+
+
+def exit_code_for_host_signal(signum: int) -> int:
+    """The code hostrun exits with when it is stopped by ``signum`` (SIGINT -> 130)."""
+    if signum == signal.SIGINT:
+        return ExitCode.INTERRUPTED
+    if signum == signal.SIGTERM:
+        return ExitCode.TERMINATED
+    return signal_exit_code(signum)

@@ -1,0 +1,88 @@
+"""The initrd hostrun boots when none is given: initbuilder's defaults for the kernel.
+
+Building one walks the module tree and the Python runtime, so hostrun first looks up a
+cheap key (the kernel file, the extra files, initkit's own sources, the host's Python
+and busybox, by path, size and mtime) in an index; only a miss runs the build, under a
+lock so that two hostruns starting at once build it once. The index entry is written
+atomically and points into initbuilder's own content-addressed initrd cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from initbuilder.cache import cache_dir
+
+log = logging.getLogger("initkit.hostrun")
+
+SUFFIX = ".cpio"  # uncompressed: the guest kernel unpacks it fastest under TCG
+
+
+def default_initrd(kernel: Path, *, files: list[str] | None = None) -> Path:
+    """A cached initrd with initbuilder's defaults for ``kernel`` (modules, guest init,
+    busybox if the host has one) plus ``files`` ("host:guest"); built on first use."""
+    files = list(files or [])
+    index = cache_dir("hostrun", "initrd")
+    key = _input_key(kernel, files)
+    pointer = index / f"{key}.path"
+    found = _follow(pointer)
+    if found is not None:
+        return found
+    with open(index / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent hostrun may be building it now
+        found = _follow(pointer)
+        if found is not None:
+            return found
+        log.warning("hostrun: building the initrd for %s (once; cached)", kernel)
+        from initbuilder.spec import BuildSpec, build_cached
+
+        built = build_cached(BuildSpec(output=Path("initrd" + SUFFIX), kernel=kernel,
+                                       files=files, busybox="auto"))
+        tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}")
+        tmp.write_text(str(built))
+        os.replace(tmp, pointer)
+        return built
+
+
+def _follow(pointer: Path) -> Path | None:
+    try:
+        target = Path(pointer.read_text().strip())
+    except OSError:
+        return None
+    return target if target.is_file() else None
+
+
+def _input_key(kernel: Path, files: list[str]) -> str:
+    digest = hashlib.sha256(b"hostrun-initrd-v1\0")
+
+    def add_stat(path: Path | str | None) -> None:
+        if path is None:
+            digest.update(b"-\0")
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            digest.update(f"{path}:missing\0".encode())
+            return
+        digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}\0".encode())
+
+    add_stat(kernel.resolve())
+    for spec in files:
+        digest.update(spec.encode() + b"\0")
+        add_stat(spec.rsplit(":", 1)[0] if ":" in spec else spec)
+    for package in ("initbuilder", "guest"):
+        root = Path(__file__).resolve().parent.parent / package
+        for source in sorted(root.rglob("*.py")):
+            add_stat(source)
+    digest.update(sys.version.encode())
+    add_stat(sys.executable)
+    add_stat(shutil.which("busybox"))
+    for name in ("SOURCE_DATE_EPOCH",):
+        digest.update(f"{name}={os.environ.get(name, '')}\0".encode())
+    return digest.hexdigest()[:32]

@@ -1,0 +1,202 @@
+"""From the user's words to a RunSpec: which VMM and accelerator, which daemon, which
+kernel file the VMM gets, and which initrd (built and cached when none is given)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hostrun import hostcpu
+from hostrun.action import Action
+from hostrun.session import RunSpec
+from hostrun.virtiofs import choose_daemon
+from hostrun.vmm import CloudHypervisor, Qemu, Vmm, parse_cloud_hypervisor_version
+from initbuilder.cache import cache_dir
+from initbuilder.errors import InitkitError
+
+log = logging.getLogger("initkit.hostrun")
+
+VMMS = ("auto", "qemu", "cloud-hypervisor")
+ACCEL_CHOICES = ("auto", "kvm", "tcg")
+ACCEL_ENV = "HOSTRUN_ACCEL"
+KERNEL_ENV = "HOSTRUN_KERNEL"
+
+
+@dataclass
+class Request:
+    """A run as the user asked for it (CLI flags or the pytest fixture)."""
+
+    kernel: Path | None = None  # None: $HOSTRUN_KERNEL, else the cached Debian kernel
+    initrd: Path | None = None  # None: build initbuilder's default for the kernel
+    store: Path = Path("/nix/store")
+    action: Action | None = None
+    cpus: int = 1
+    memory_mib: int = 512
+    extra_cmdline: str = ""
+    timeout: float | None = None
+    vmm: str = "auto"
+    accel: str | None = None  # None: $HOSTRUN_ACCEL, else auto
+    daemon: str = "auto"
+    verbose: bool = False
+    fs_tag: str = "tvix"
+    initrd_files: list[str] = field(default_factory=list)  # extra host:guest files
+
+
+def plan(request: Request) -> RunSpec:
+    """Check the request and resolve every choice; InitkitError for what the user can fix."""
+    if request.cpus < 1:
+        raise InitkitError(f"--cpus {request.cpus}: give at least 1")
+    if request.timeout is not None and request.timeout <= 0:
+        raise InitkitError(f"--timeout {request.timeout:g}: give a positive number of seconds")
+    kernel = find_kernel(request.kernel)
+    store = request.store.resolve()
+    daemon = choose_daemon(request.daemon, store)
+    if daemon.uses_store:
+        _check_store(request.store)
+    vmm, accel = choose_vmm(request.vmm, request.accel or os.environ.get(ACCEL_ENV) or "auto",
+                            kernel)
+    if request.initrd is not None:
+        initrd = _existing_file(request.initrd, "--initrd", "an initrd (cpio archive)")
+    else:
+        from hostrun.initrd import default_initrd
+
+        initrd = default_initrd(kernel, files=request.initrd_files)
+    return RunSpec(
+        kernel=kernel_for(vmm, kernel), initrd=initrd, vmm=vmm, daemon=daemon, accel=accel,
+        action=request.action, cpus=request.cpus, memory_mib=request.memory_mib,
+        extra_cmdline=request.extra_cmdline, timeout=request.timeout,
+        verbose=request.verbose, fs_tag=request.fs_tag,
+    )
+
+
+def find_kernel(kernel: Path | None) -> Path:
+    """The kernel image to boot: the one named, $HOSTRUN_KERNEL, or Debian's, fetched
+    into the cache on first use."""
+    if kernel is None and os.environ.get(KERNEL_ENV):
+        kernel = Path(os.environ[KERNEL_ENV])
+    if kernel is not None:
+        return _existing_file(kernel, "--kernel", "a kernel image (bzImage or vmlinux)")
+    from initbuilder.kernelfetch import fetch_debian_kernel
+
+    fetched = fetch_debian_kernel()
+    log.info("no --kernel: using Debian's %s", fetched.package)
+    return fetched.bzimage
+
+
+def kernel_for(vmm: Vmm, kernel: Path) -> Path:
+    """The kernel file ``vmm`` can boot: a bzImage as is where it takes one, else the
+    vmlinux inside it (extracted once, cached)."""
+    with open(kernel, "rb") as f:
+        head = f.read(0x210)
+    if head.startswith(b"\x7fELF"):
+        return kernel
+    is_bzimage = head[0x202:0x206] == b"HdrS"
+    if is_bzimage and vmm.accepts_bzimage():
+        return kernel
+    # extract_vmlinux hashes the whole image to find its cache entry; a note keyed by the
+    # file's identity (path, size, mtime, inode) skips that and the ELF imports.
+    st = kernel.stat()
+    key = hashlib.sha256(f"{kernel}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode())
+    note = cache_dir("hostrun", "vmlinux") / key.hexdigest()[:32]
+    with contextlib.suppress(OSError):
+        known = Path(note.read_text())
+        if known.is_file():
+            return known
+    from initbuilder.kernel import extract_vmlinux
+
+    vmlinux = extract_vmlinux(kernel)
+    tmp = note.with_name(f".{note.name}.{os.getpid()}")
+    tmp.write_text(str(vmlinux))
+    os.replace(tmp, note)
+    return vmlinux
+
+
+def choose_vmm(choice: str, accel: str, kernel: Path | None = None) -> tuple[Vmm, str]:
+    """``--vmm`` and ``--accel`` resolved: the VMM and "kvm" or "tcg".
+
+    KVM counts as available when /dev/kvm opens and, where QEMU and ``kernel`` are at
+    hand, a probe boot under KVM prints its first line (hostcpu.kvm_boots; remembered
+    per host boot). auto prefers cloud-hypervisor when it is installed and KVM (or
+    /dev/mshv) is available, else QEMU; QEMU's auto accelerator is KVM when available,
+    else TCG. An explicit --accel kvm is taken at its word (no probe).
+    """
+    if choice not in VMMS:
+        raise InitkitError(f"--vmm {choice!r}: choose one of {', '.join(VMMS)}")
+    if accel not in ACCEL_CHOICES:
+        raise InitkitError(f"--accel {accel!r} (or ${ACCEL_ENV}): choose one of "
+                           f"{', '.join(ACCEL_CHOICES)}")
+    kvm_checked: list[bool] = []
+
+    def kvm_available() -> bool:
+        if not kvm_checked:
+            kvm_checked.append(_kvm_available(kernel))
+        return kvm_checked[0]
+
+    if choice == "auto":
+        ch_ok = False
+        if accel != "tcg" and shutil.which(CloudHypervisor.default_binary):
+            device = hostcpu.hypervisor_device()
+            ch_ok = device == "/dev/mshv" or (device is not None and kvm_available())
+        choice = "cloud-hypervisor" if ch_ok else "qemu"
+        log.info("--vmm auto: %s", choice)
+    if choice == "cloud-hypervisor":
+        return _cloud_hypervisor(accel), "kvm"
+    if accel == "auto":
+        accel = "kvm" if kvm_available() else "tcg"
+        log.info("--accel auto: %s", accel)
+    elif accel == "kvm" and not hostcpu.kvm_opens():
+        raise InitkitError("--accel kvm: /dev/kvm is missing or cannot be opened read-write "
+                           "(are you in the kvm group?); use --accel tcg")
+    qemu = Qemu(tsc_khz=hostcpu.host_tsc_khz() if accel == "tcg" else None)
+    qemu.binary = qemu.find_binary()
+    return qemu, accel
+
+
+def _kvm_available(kernel: Path | None) -> bool:
+    if not hostcpu.kvm_opens():
+        log.info("KVM: /dev/kvm is missing or does not open")
+        return False
+    qemu = shutil.which(Qemu.default_binary)
+    if qemu is None or kernel is None:
+        return True  # nothing to probe with: trust the device
+    return hostcpu.kvm_boots(qemu, str(kernel_for(Qemu(), kernel)))
+
+
+def _cloud_hypervisor(accel: str) -> CloudHypervisor:
+    if accel == "tcg":
+        raise InitkitError("cloud-hypervisor has no emulation (TCG); use --vmm qemu "
+                           "--accel tcg")
+    ch = CloudHypervisor()
+    binary = ch.find_binary()
+    if hostcpu.hypervisor_device() is None:
+        raise InitkitError("cloud-hypervisor needs /dev/kvm (or /dev/mshv) and neither "
+                           "opens on this machine; use --vmm qemu, which can emulate (TCG)")
+    from initbuilder import process
+
+    out = process.run([binary, "--version"], check=False, timeout=10).stdout
+    return CloudHypervisor(binary, parse_cloud_hypervisor_version(out.decode(errors="replace")))
+
+
+def _existing_file(path: Path, flag: str, what: str) -> Path:
+    if not path.exists():
+        raise InitkitError(f"{flag} {path}: no such file; pass {what}")
+    if not path.is_file():
+        raise InitkitError(f"{flag} {path}: not a regular file; pass {what}")
+    if not os.access(path, os.R_OK):
+        raise InitkitError(f"{flag} {path}: not readable")
+    return path.resolve()
+
+
+def _check_store(store: Path) -> None:
+    if not store.exists():
+        raise InitkitError(f"--store {store}: no such directory; pass the directory to "
+                           "share as /nix/store")
+    if not store.is_dir():
+        raise InitkitError(f"--store {store}: not a directory")
+    if not os.access(store, os.R_OK | os.X_OK):
+        raise InitkitError(f"--store {store}: not readable")

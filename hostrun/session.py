@@ -1,0 +1,377 @@
+"""One VM run: daemon up -> VM up -> relay the console -> exit status -> teardown, always.
+
+Teardown (VMM stopped, daemon stopped, socket and private temp dir removed, terminal
+restored) happens on every path: success, failure, --timeout, Ctrl-C, SIGTERM. Child
+processes also get SIGKILL from the kernel if hostrun itself is killed (procs.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hostrun.action import Action, kernel_cmdline, new_nonce
+from hostrun.console import ConsoleFilter, GuestStatus, StatusScanner
+from hostrun.exitcodes import ExitCode, exit_code_for_host_signal
+from hostrun.procs import child_setup, stop_process
+from hostrun.relay import InputRelay, read_some
+from hostrun.terminal import raw_terminal
+from hostrun.virtiofs import DaemonFailed, VirtiofsDaemon
+from hostrun.vmm import BootConfig, Vmm, request_queues
+
+log = logging.getLogger("initkit.hostrun")
+
+STATUS_GRACE = 5.0  # seconds a guest may take to power off after its status line
+PANIC_GRACE = 2.0  # seconds a panicked guest gets to stop on its own
+DAEMON_GRACE = 2.0  # seconds the VMM gets to exit after its daemon did (with status 0)
+IDLE_FLUSH = 0.2  # seconds before held bytes are shown anyway (terminal output only)
+
+
+@dataclass
+class RunSpec:
+    """Everything resolved for one run (see hostrun.plan for building one)."""
+
+    kernel: Path  # in the form the VMM takes
+    initrd: Path
+    vmm: Vmm
+    daemon: VirtiofsDaemon
+    accel: str = "tcg"
+    action: Action | None = None
+    cpus: int = 1
+    memory_mib: int = 512
+    extra_cmdline: str = ""
+    timeout: float | None = None
+    verbose: bool = False
+    fs_tag: str = "tvix"
+
+
+@dataclass
+class Outcome:
+    """How a run ended: the code to exit with, and why."""
+
+    code: int
+    status: GuestStatus | None = None
+    error: str | None = None  # hostrun's own failure, for stderr
+    argv: list[str] = field(default_factory=list)  # the VMM command line
+    host_signal: int | None = None  # the signal that stopped hostrun (SIGINT, SIGTERM)
+
+
+Sink = Callable[[bytes], None]
+
+
+def write_stdout(data: bytes) -> None:
+    """The default console sink: hostrun's stdout, unbuffered."""
+    view = memoryview(data)
+    while view:
+        written = os.write(1, view)
+        view = view[written:]
+
+
+def run(spec: RunSpec, *, sink: Sink = write_stdout, stdin: int | bytes | None = None,
+        interactive: bool = False, live: bool = False) -> Outcome:
+    """Boot ``spec`` and relay its console to ``sink`` until the guest is done.
+
+    ``stdin``: an fd to relay to the guest (its end sends ^D), bytes to send, or None.
+    ``interactive``: ``stdin`` is a terminal to put in raw mode (--shell); its
+    output keeps the guest's "\\r\\n" and Ctrl-] stops the VM. ``live``: the sink is
+    a terminal, so bytes held to be classified are shown after a short idle time.
+    """
+    return _Run(spec, sink, stdin, interactive, live).run()
+
+
+class _Run:
+    def __init__(self, spec: RunSpec, sink: Sink, stdin: int | bytes | None,
+                 interactive: bool, live: bool) -> None:
+        self.spec = spec
+        self.live = live
+        self.sink = sink
+        self.stdin = stdin
+        self.interactive = interactive
+        self.nonce = new_nonce()
+        self.scanner = StatusScanner(self.nonce)
+        self.filter = ConsoleFilter(self.nonce, show_kernel=spec.verbose, crlf=not interactive)
+        self.vmm_proc: subprocess.Popen[bytes] | None = None
+        self.signals: list[int] = []
+        self.escaped = False
+
+    # -- the whole run --------------------------------------------------------------
+    def run(self) -> Outcome:
+        workdir = _private_dir()
+        try:
+            with _host_signals(self.signals) as wakeup, contextlib.ExitStack() as stack:
+                if self.interactive and isinstance(self.stdin, int):
+                    stack.enter_context(raw_terminal(self.stdin))
+                try:
+                    return self._run(workdir, wakeup)
+                finally:
+                    self._teardown()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _run(self, workdir: Path, wakeup: int | None) -> Outcome:
+        spec = self.spec
+        try:
+            spec.daemon.start(workdir)
+            spec.daemon.wait_ready()
+        except DaemonFailed as exc:
+            return Outcome(ExitCode.DAEMON_FAILED, error=str(exc))
+        if self.signals:  # stopped while the daemon was starting: boot nothing
+            return Outcome(self._interrupt_code(), error="interrupted",
+                           host_signal=self.signals[0])
+        assert spec.daemon.socket_path is not None
+        cmdline = kernel_cmdline(defaults=spec.vmm.cmdline_defaults(spec.accel),
+                                 nonce=self.nonce, verbose=spec.verbose, action=spec.action,
+                                 extra=spec.extra_cmdline)
+        config = BootConfig(
+            kernel=spec.kernel, initrd=spec.initrd, cmdline=cmdline,
+            fs_socket=spec.daemon.socket_path, cpus=spec.cpus, memory_mib=spec.memory_mib,
+            fs_tag=spec.fs_tag,
+            fs_queues=request_queues(spec.cpus, spec.daemon.max_request_queues),
+            accel=spec.accel,
+        )
+        argv = spec.vmm.argv(config)
+        log.info("booting: %s", shlex.join(argv))
+        vmm_log = workdir / "vmm.log"
+        try:
+            with open(vmm_log, "wb") as errfile:
+                self.vmm_proc = subprocess.Popen(
+                    argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errfile,
+                    start_new_session=True, preexec_fn=child_setup(),
+                )
+        except OSError as exc:
+            return Outcome(ExitCode.VMM_FAILED, argv=argv,
+                           error=f"cannot start {spec.vmm.name} ({argv[0]}): {exc.strerror}")
+        outcome = self._supervise(wakeup)
+        outcome.argv = argv
+        if outcome.error is None and outcome.status is None:
+            outcome.error = self._explain(outcome.code, vmm_log)
+        return outcome
+
+    # -- the relay loop -------------------------------------------------------------
+    def _supervise(self, wakeup: int | None) -> Outcome:
+        proc = self.vmm_proc
+        assert proc is not None and proc.stdout is not None and proc.stdin is not None
+        daemon = self.spec.daemon.process
+        console = proc.stdout.fileno()
+        sel = selectors.DefaultSelector()
+        sel.register(console, selectors.EVENT_READ, "console")
+        relay = InputRelay(sel, self.stdin, proc.stdin.fileno(), interactive=self.interactive)
+        pidfds = [fd for fd in (_pidfd(proc.pid), _pidfd(daemon.pid) if daemon else None)
+                  if fd is not None]
+        for fd in pidfds:
+            sel.register(fd, selectors.EVENT_READ, "exit")
+        if wakeup is not None:
+            sel.register(wakeup, selectors.EVENT_READ, "signal")
+        polling = len(pidfds) < (2 if daemon else 1)  # no pidfd: poll the processes
+        now = time.monotonic()
+        timers = _Timers(deadline=now + self.spec.timeout if self.spec.timeout else None)
+        last_data = now
+        console_open = True
+        try:
+            while True:
+                now = time.monotonic()
+                if self.signals or relay.escaped:
+                    self.escaped = relay.escaped
+                    return Outcome(self._interrupt_code(),
+                                   host_signal=self.signals[0] if self.signals else None)
+                if timers.expired("deadline", now):
+                    return Outcome(ExitCode.TIMEOUT)
+                vmm_alive = proc.poll() is None
+                if not vmm_alive and not console_open:
+                    break
+                if timers.expired("status", now) or timers.expired("panic", now):
+                    break  # reported what it had to; stopped by teardown
+                if vmm_alive and daemon is not None and daemon.poll() is not None \
+                        and self.scanner.status is None:
+                    if daemon.returncode != 0 or timers.expired("daemon", now):
+                        return Outcome(ExitCode.DAEMON_FAILED)
+                    # A daemon exits 0 when the VMM hangs up: the VMM may be stopping.
+                    timers.start("daemon", now, DAEMON_GRACE)
+                if not relay.gate and (self.filter.userspace_output or self.scanner.init_started):
+                    relay.gate = True  # the guest's tty is open: input is no longer lost
+                relay.update(vmm_alive)
+                idle = self.live and self.filter.holding
+                timeout = timers.next(now, last_data + IDLE_FLUSH if idle else None)
+                if polling or relay.busy:
+                    limit = 0.0 if relay.busy else 0.05
+                    timeout = limit if timeout is None else min(timeout, limit)
+                for key, _ in sel.select(timeout):
+                    if key.data == "console":
+                        data = read_some(console)
+                        if data == b"":
+                            sel.unregister(console)
+                            console_open = False
+                        elif data:
+                            last_data = time.monotonic()
+                            self._show(data)
+                            if self.scanner.status is not None:
+                                timers.start("status", last_data, STATUS_GRACE)
+                                timers.cancel("deadline")  # the guest did finish in time
+                            if self.scanner.panic is not None:
+                                timers.start("panic", last_data, PANIC_GRACE)
+                    elif key.data == "input":
+                        relay.readable()
+                    elif key.data == "to_guest":
+                        relay.writable()
+                    elif key.data == "exit":
+                        sel.unregister(key.fd)
+                    elif key.data == "signal":
+                        read_some(key.fd)
+                if idle and time.monotonic() - last_data >= IDLE_FLUSH:
+                    self._emit(self.filter.flush())
+        finally:
+            self._emit(self.filter.flush(final=True))
+            sel.close()
+            for fd in pidfds:
+                os.close(fd)
+        return self._verdict()
+
+    def _verdict(self) -> Outcome:
+        status = self.scanner.status
+        if status is not None:
+            return Outcome(status.code, status=status)
+        daemon = self.spec.daemon.process
+        if daemon is not None and daemon.poll() not in (None, 0):
+            return Outcome(ExitCode.DAEMON_FAILED)
+        assert self.vmm_proc is not None
+        if self.scanner.panic is None and self.vmm_proc.poll() not in (None, 0):
+            return Outcome(ExitCode.VMM_FAILED)
+        return Outcome(ExitCode.NO_STATUS)
+
+    def _explain(self, code: int, vmm_log: Path) -> str:
+        """The one message for a run that ended without a guest status."""
+        spec = self.spec
+        if code == ExitCode.TIMEOUT:
+            return (f"the guest did not finish within --timeout {spec.timeout:g} s; "
+                    "stopped the VM")
+        if self.escaped:
+            return "left the guest with Ctrl-]; stopped the VM"
+        if code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED) or self.signals:
+            return "interrupted; stopped the VM"
+        if code == ExitCode.DAEMON_FAILED:
+            proc = spec.daemon.process
+            how = (f"exited with status {proc.returncode}" if proc and proc.returncode
+                   and proc.returncode > 0 else
+                   f"was killed by signal {-proc.returncode}" if proc and proc.returncode
+                   else "exited")
+            return spec.daemon.failure(how + " while the VM was running")
+        vmm_err = _tail(vmm_log)
+        if code == ExitCode.VMM_FAILED:
+            assert self.vmm_proc is not None
+            return (f"{spec.vmm.name} exited with status {self.vmm_proc.returncode}"
+                    + (f":\n{vmm_err}" if vmm_err else ""))
+        if self.scanner.panic is not None:
+            return f"the guest kernel panicked: {self.scanner.panic}"
+        hint = "" if spec.verbose else "; run with -v to see the kernel's messages"
+        return ("the guest stopped without reporting an exit status (kernel panic, init "
+                f"crash or a power-off before the program ended){hint}"
+                + (f"\n{spec.vmm.name} said:\n{vmm_err}" if vmm_err else ""))
+
+    def _interrupt_code(self) -> int:
+        if self.signals:
+            return exit_code_for_host_signal(self.signals[0])
+        return ExitCode.INTERRUPTED
+
+    # -- output ---------------------------------------------------------------------
+    def _show(self, data: bytes) -> None:
+        self.scanner.feed(data)
+        self._emit(self.filter.feed(data))
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            with contextlib.suppress(BrokenPipeError):
+                self.sink(data)
+
+    def _teardown(self) -> None:
+        if self.vmm_proc is not None:
+            stop_process(self.vmm_proc, grace=2.0)
+            for pipe in (self.vmm_proc.stdin, self.vmm_proc.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+        self.spec.daemon.stop()
+
+
+class _Timers:
+    """Named deadlines of the relay loop: the --timeout and the grace periods."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self._at: dict[str, float] = {}
+        if deadline is not None:
+            self._at["deadline"] = deadline
+
+    def start(self, name: str, now: float, seconds: float) -> None:
+        self._at.setdefault(name, now + seconds)
+
+    def cancel(self, name: str) -> None:
+        self._at.pop(name, None)
+
+    def expired(self, name: str, now: float) -> bool:
+        return name in self._at and now >= self._at[name]
+
+    def next(self, now: float, *extra: float | None) -> float | None:
+        """Seconds until the earliest deadline (None: none is set)."""
+        times = [*self._at.values(), *(t for t in extra if t is not None)]
+        return max(0.0, min(times) - now) if times else None
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None  # old kernel: the loop polls instead
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_bytes()[-4000:].decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _private_dir() -> Path:
+    """A fresh 0700 directory for the socket and logs; short enough for a socket path."""
+    base = tempfile.gettempdir()
+    # sun_path holds 107 bytes and a NUL: fall back to /tmp for a longer $TMPDIR.
+    if len(os.fsencode(base)) + len("/hostrun-12345678/virtiofs.sock") > 107:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="hostrun-", dir=base))
+
+
+@contextlib.contextmanager
+def _host_signals(received: list[int]) -> Iterator[int | None]:
+    """Turn SIGINT/SIGTERM/SIGHUP into entries of ``received`` plus a wake-up of the
+    loop, so teardown runs in order; only possible in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    try:
+        yield r
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for signum, previous in old.items():
+            signal.signal(signum, previous)
+        os.close(r)
+        os.close(w)

@@ -1,0 +1,341 @@
+"""virtiofs daemons: one class per daemon, one interface (start, wait, alive, stop, log).
+
+Where a daemon takes an inherited socket (``--fd=N``: both virtiofsd flavours do),
+hostrun binds and listens itself before starting it, so the VMM can connect at once:
+no polling and no race. Other daemons create their socket at a path; hostrun then
+waits until the kernel lists it as listening (/proc/net/unix), never connecting to it,
+because a vhost-user daemon serves exactly one connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+from hostrun.procs import child_setup, stop_process
+from initbuilder.errors import InitkitError
+
+log = logging.getLogger("initkit.hostrun")
+
+SOCKET_NAME = "virtiofs.sock"
+LOG_NAME = "virtiofsd.log"
+C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # QEMU <= 7.2 ships the C daemon here
+_UNIX_ACCEPTCON = 0x00010000  # /proc/net/unix "Flags" of a listening socket
+
+
+class DaemonFailed(Exception):
+    """The daemon exited or never became ready; the message includes its log."""
+
+
+class VirtiofsDaemon(ABC):
+    """A vhost-user-fs backend serving one directory tree on one socket."""
+
+    name: ClassVar[str]
+    # Request queues the daemon serves (the hiprio queue not counted).
+    max_request_queues: ClassVar[int] = 1
+    uses_store: ClassVar[bool] = True
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.socket_path: Path | None = None
+        self.log_path: Path | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    # -- what differs per daemon --------------------------------------------------
+    @abstractmethod
+    def argv(self, socket_path: Path, fd: int | None) -> list[str]:
+        """The daemon's command line; ``fd`` is the listening socket when passes_fd."""
+
+    def passes_fd(self) -> bool:
+        """True if the daemon takes an inherited listening socket."""
+        return True
+
+    def env(self) -> dict[str, str] | None:
+        """The daemon's environment (None: hostrun's own, passed through)."""
+        return None
+
+    def readonly_view(self) -> bool:
+        """True if hostrun must make the store read-only for the daemon (it cannot)."""
+        return False
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self, workdir: Path) -> None:
+        """Start serving on ``workdir``/virtiofs.sock (``workdir`` private, 0700)."""
+        self.socket_path = workdir / SOCKET_NAME
+        self.log_path = workdir / LOG_NAME
+        listener: socket.socket | None = None
+        if self.passes_fd():
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(self.socket_path))
+            listener.listen(1)
+        fd = listener.fileno() if listener else None
+        argv = self.argv(self.socket_path, fd)
+        log.debug("virtiofs daemon: %s", shlex.join(argv))
+        try:
+            with open(self.log_path, "wb") as logfile:
+                self.process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logfile,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(fd,) if fd is not None else (),
+                    env=self.env(),
+                    start_new_session=True,  # ^C on the terminal is hostrun's to handle
+                    preexec_fn=child_setup(readonly=self.store if self.readonly_view() else None),
+                )
+        except FileNotFoundError:
+            raise InitkitError(f"virtiofs daemon {argv[0]!r} not found; install it or "
+                               "choose another with --daemon") from None
+        except PermissionError:
+            raise InitkitError(f"virtiofs daemon {argv[0]!r} is not executable") from None
+        except subprocess.SubprocessError as exc:
+            raise DaemonFailed(f"{self.name} could not be started: {exc}") from None
+        finally:
+            # Only the daemon may hold the listener now: if it dies, connecting fails
+            # at once instead of waiting in a backlog nobody will accept.
+            if listener is not None:
+                listener.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Return once the socket accepts connections; DaemonFailed if the daemon exits
+        first or ``timeout`` seconds pass."""
+        assert self.process is not None and self.socket_path is not None
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            if self.process.poll() is not None:
+                raise DaemonFailed(self._failure(f"exited with status {self.process.returncode}"
+                                                 " before serving"))
+            if self.passes_fd() or _is_listening(self.socket_path):
+                return
+            if time.monotonic() >= deadline:
+                raise DaemonFailed(self._failure(
+                    f"did not create its socket {self.socket_path} within {timeout:g} s"))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop the daemon (and anything it forked) and remove its socket."""
+        if self.process is not None:
+            stop_process(self.process, grace=grace, term=signal.SIGTERM)
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
+
+    def log_text(self, limit: int = 4000) -> str:
+        """The tail of what the daemon printed."""
+        if self.log_path is None:
+            return ""
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return ""
+        return data[-limit:].decode(errors="replace").strip()
+
+    def failure(self, what: str) -> str:
+        """A message for a daemon failure: what happened plus the tail of its log."""
+        return self._failure(what)
+
+    def _failure(self, what: str) -> str:
+        text = self.log_text()
+        tail = "\n".join(text.splitlines()[-15:])
+        return f"virtiofs daemon {self.name} {what}" + (f"; its log:\n{tail}" if tail else
+                                                        " (it printed nothing)")
+
+
+def _is_listening(path: Path) -> bool:
+    """True once /proc/net/unix lists a listening socket bound at ``path``."""
+    target = os.fsencode(os.path.abspath(path))
+    try:
+        with open("/proc/net/unix", "rb") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return os.path.exists(path)  # no procfs: the file is the best sign there is
+    for line in lines:
+        fields = line.split(None, 7)
+        if len(fields) == 8 and fields[7] == target and int(fields[3], 16) & _UNIX_ACCEPTCON:
+            return True
+    return False
+
+
+# -- the daemons -------------------------------------------------------------------
+class CVirtiofsd(VirtiofsDaemon):
+    """The C virtiofsd that QEMU shipped up to 7.2 (``-o source=DIR``, ``--fd=N``)."""
+
+    name = "virtiofsd (C)"
+
+    def __init__(self, store: Path, binary: str = C_VIRTIOFSD) -> None:
+        super().__init__(store)
+        self.binary = binary
+
+    def argv(self, socket_path: Path, fd: int | None) -> list[str]:
+        return [self.binary, f"--fd={fd}", "-o", f"source={self.store}",
+                "-o", "cache=auto", "-o", "log_level=warn"]
+
+    def readonly_view(self) -> bool:
+        # It has no read-only option; as root hostrun gives it a read-only bind mount.
+        return os.geteuid() == 0
+
+
+class RustVirtiofsd(VirtiofsDaemon):
+    """The Rust virtiofsd (``--shared-dir DIR``, ``--fd=N``, ``--readonly`` if new enough)."""
+
+    name = "virtiofsd (Rust)"
+
+    def __init__(self, store: Path, binary: str, help_text: str = "") -> None:
+        super().__init__(store)
+        self.binary = binary
+        self.help_text = help_text
+
+    def argv(self, socket_path: Path, fd: int | None) -> list[str]:
+        argv = [self.binary, f"--fd={fd}", "--shared-dir", str(self.store), "--cache=auto"]
+        if "--readonly" in self.help_text:
+            argv.append("--readonly")
+        if os.geteuid() != 0 and "--sandbox" in self.help_text:
+            argv.append("--sandbox=none")  # namespaces need root or a user namespace
+        if "--log-level" in self.help_text:
+            argv.append("--log-level=warn")
+        return argv
+
+    def readonly_view(self) -> bool:
+        return "--readonly" not in self.help_text and os.geteuid() == 0
+
+
+class TvixStore(VirtiofsDaemon):
+    """``tvix-store virtiofs -l SOCKET`` as the seed runs it: serves tvix's own store
+    (BLOB_/DIRECTORY_/PATH_INFO_SERVICE_ADDR pass through in the environment)."""
+
+    name = "tvix-store"
+    uses_store = False
+
+    def __init__(self, store: Path, binary: str = "tvix-store") -> None:
+        super().__init__(store)
+        self.binary = binary
+
+    def passes_fd(self) -> bool:
+        return False
+
+    def argv(self, socket_path: Path, fd: int | None) -> list[str]:
+        # -l lets the guest list /nix/store itself (tvix.find needs that).
+        return [self.binary, "virtiofs", "-l", str(socket_path)]
+
+
+class CustomDaemon(VirtiofsDaemon):
+    """A command template with ``{socket}``, ``{store}`` and optionally ``{fd}`` (then
+    hostrun passes a listening socket instead of waiting for one)."""
+
+    name = "custom daemon"
+
+    def __init__(self, store: Path, template: str) -> None:
+        super().__init__(store)
+        self.template = template
+        try:
+            self.words = shlex.split(template)
+        except ValueError as exc:
+            raise InitkitError(f"--daemon {template!r}: {exc}") from None
+        if not self.words or not any("{socket}" in w or "{fd}" in w for w in self.words):
+            raise InitkitError(f"--daemon {template!r}: a custom command must contain "
+                               "{socket} (or {fd})")
+        self.name = f"custom daemon {self.words[0]}"
+
+    def passes_fd(self) -> bool:
+        return "{fd}" in self.template
+
+    def argv(self, socket_path: Path, fd: int | None) -> list[str]:
+        values = {"socket": str(socket_path), "store": str(self.store), "fd": str(fd)}
+        try:
+            return [w.format(**values) for w in self.words]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InitkitError(f"--daemon {self.template!r}: unknown or malformed "
+                               f"placeholder {exc}; use {{socket}}, {{store}}, {{fd}}") from None
+
+
+# -- choosing one --------------------------------------------------------------------
+def classify_virtiofsd(binary: str, store: Path) -> VirtiofsDaemon | None:
+    """Tell the C virtiofsd from the Rust one by its --help, which differ (remembered
+    per binary file, so later runs need not start it twice)."""
+    text = _help_text(binary)
+    if text is None:
+        return None
+    if "--shared-dir" in text:
+        return RustVirtiofsd(store, binary, text)
+    if "source=" in text:
+        return CVirtiofsd(store, binary)
+    return None
+
+
+def _help_text(binary: str) -> str | None:
+    from initbuilder.cache import cache_dir
+
+    try:
+        st = os.stat(binary)
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{os.path.abspath(binary)}:{st.st_size}:{st.st_mtime_ns}:"
+                         f"{st.st_ino}".encode()).hexdigest()[:32]
+    note = cache_dir("hostrun", "daemon-help") / key
+    with contextlib.suppress(OSError):
+        return note.read_text()
+    try:
+        proc = subprocess.run([binary, "--help"], capture_output=True, timeout=10,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (proc.stdout + proc.stderr).decode(errors="replace")
+    tmp = note.with_name(f".{key}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, note)
+    return text
+
+
+def _virtiofsd_candidates() -> list[str]:
+    from shutil import which
+
+    found = [which("virtiofsd"), "/usr/libexec/virtiofsd", C_VIRTIOFSD]
+    seen: list[str] = []
+    for path in found:
+        if path and os.access(path, os.X_OK) and path not in seen:
+            seen.append(path)
+    return seen
+
+
+def choose_daemon(spec: str, store: Path) -> VirtiofsDaemon:
+    """``--daemon``: auto | virtiofsd | tvix-store | a virtiofsd binary's path |
+    a command template with {socket}."""
+    if "{" in spec:
+        return CustomDaemon(store, spec)
+    if spec == "tvix-store":
+        return TvixStore(store)
+    if spec in ("auto", "virtiofsd"):
+        for candidate in _virtiofsd_candidates():
+            daemon = classify_virtiofsd(candidate, store)
+            if daemon is not None:
+                return daemon
+        raise InitkitError(
+            "no virtiofsd found (looked on PATH, in /usr/libexec and at "
+            f"{C_VIRTIOFSD}); install one (Debian: apt-get install virtiofsd, or "
+            "qemu-system-x86 <= 7.2) or name one with --daemon PATH"
+        )
+    if os.sep in spec:
+        if not os.access(spec, os.X_OK):
+            raise InitkitError(f"--daemon {spec}: no such executable")
+        daemon = classify_virtiofsd(spec, store)
+        if daemon is None:
+            raise InitkitError(f"--daemon {spec}: not a virtiofsd this hostrun knows (its "
+                               "--help names neither --shared-dir nor -o source=); pass "
+                               "a command template with {socket} and {store} instead")
+        return daemon
+    raise InitkitError(f"--daemon {spec!r}: use auto, virtiofsd, tvix-store, a virtiofsd "
+                       "path, or a command template containing {socket}")

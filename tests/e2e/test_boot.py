@@ -1,0 +1,75 @@
+"""End to end: boots of Debian's kernel under QEMU TCG with a real virtiofsd."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import pytest
+
+from hostrun.pytest_plugin import VmResult, VmRunner
+
+if TYPE_CHECKING:
+    from conftest import Store  # tests/e2e/conftest.py
+
+pytestmark = pytest.mark.e2e
+
+
+def test_docs_path_is_found(vm: VmRunner, store: Store) -> None:
+    """The seed's test-docs: tvix.find lists the docs store path."""
+    result = vm.run(store=store.root, find=True)
+    assert result.exit_code == 0, result.describe()
+    assert store.docs in result.output.splitlines()
+    assert f"{store.docs}/README.md" in result.output.splitlines()
+
+
+def test_exec_exit_codes_come_back_exactly(vm: VmRunner, store: Store) -> None:
+    """tvix.exec of a static program: 0, 3, 255 and a signal as 128+N; two boots at
+    once, which is also how the plugin is used from parallel tests."""
+    cases = {
+        (): 0,
+        ("exit", "3"): 3,
+        ("exit", "255"): 255,
+        ("signal", "15"): 128 + 15,
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(cases, pool.map(lambda a: vm.exec(store.hello, *a,
+                                                              store=store.root), cases),
+                           strict=True))
+    for args, expected in cases.items():
+        result: VmResult = results[args]
+        assert result.exit_code == expected, result.describe()
+        assert result.output.startswith("Hello, world!\n"), result.describe()
+    assert results[()].output == "Hello, world!\n"
+    assert results[("signal", "15")].status is not None
+    assert results[("signal", "15")].status.signal == 15
+
+
+def test_run_pipeline(vm: VmRunner, store: Store) -> None:
+    result = vm.sh("ls /nix/store | grep -c . ; echo done", store=store.root)
+    assert result.exit_code == 0, result.describe()
+    assert result.output.split() == ["4", "done"]
+
+
+def test_shell_through_stdin(vm: VmRunner, store: Store) -> None:
+    result = vm.run(store=store.root, shell=True, input=b"ls /nix/store\nexit 7\n")
+    assert result.exit_code == 7, result.describe()
+    assert store.docs.rsplit("/", 1)[1] in result.output
+
+
+def test_dynamically_linked_program_from_the_store(vm: VmRunner, store: Store) -> None:
+    result = vm.exec(store.dynhello, "exit", "5", store=store.root)
+    assert result.exit_code == 5, result.describe()
+    assert result.output == "Hello, world!\n"
+
+
+def test_missing_program_is_127(vm: VmRunner, store: Store) -> None:
+    result = vm.exec("/nix/store/no-such-thing/bin/x", store=store.root)
+    assert result.exit_code == 127, result.describe()
+
+
+def test_store_is_read_only_in_the_guest(vm: VmRunner, store: Store) -> None:
+    result = vm.sh(f"touch {store.docs}/new", store=store.root)
+    assert result.exit_code != 0, result.describe()
+    assert "Read-only file system" in result.output
+    assert not (store.root / store.docs.rsplit("/", 1)[1] / "new").exists()

@@ -1,0 +1,135 @@
+"""The `hostrun` command end to end: exit codes, messages, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from hostrun.exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from conftest import CliRun, Store  # tests/e2e/conftest.py
+
+pytestmark = pytest.mark.e2e
+
+
+def test_exec_prints_exactly_the_program_output(hostrun_cli, store: Store) -> None:
+    run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60",
+                              "--exec", store.hello, "exit", "3")
+    assert run.finish() == 3, run.stderr
+    assert run.stdout == b"Hello, world!\n"
+    assert run.stderr == b""
+    run.assert_nothing_left()
+
+
+def test_seed_environment_variables(hostrun_cli, store: Store,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """CH_CMDLINE picks the action as in the seed; CH_NUM_CPUS / CH_MEM_SIZE size the VM."""
+    monkeypatch.setenv("CH_CMDLINE", "tvix.find")
+    monkeypatch.setenv("CH_NUM_CPUS", "2")
+    monkeypatch.setenv("CH_MEM_SIZE", "384M")
+    run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60", "-vv")
+    assert run.finish() == 0, run.stderr
+    assert store.docs.encode() in run.stdout.splitlines()
+    assert b"-smp 2" in run.stderr and b"size=384M" in run.stderr
+    run.assert_nothing_left()
+
+
+def test_missing_kernel(hostrun_cli, store: Store) -> None:
+    run: CliRun = hostrun_cli("--kernel", "/nonexistent/vmlinuz", "--store", str(store.root),
+                              "--find", kernel=False)
+    assert run.finish() == ExitCode.USER_ERROR
+    assert b"--kernel /nonexistent/vmlinuz: no such file" in run.stderr
+    run.assert_nothing_left()
+
+
+def test_missing_store(hostrun_cli, tmp_path) -> None:
+    run: CliRun = hostrun_cli("--store", str(tmp_path / "nope"), "--find")
+    assert run.finish() == ExitCode.USER_ERROR
+    assert b"no such directory" in run.stderr
+    run.assert_nothing_left()
+
+
+def test_daemon_that_dies_at_start(hostrun_cli, store: Store) -> None:
+    run: CliRun = hostrun_cli("--store", str(store.root), "--find", "--daemon",
+                              "sh -c 'echo cannot serve {store} >&2; exit 1' {socket}")
+    assert run.finish() == ExitCode.DAEMON_FAILED
+    assert b"exited with status 1" in run.stderr
+    assert f"cannot serve {store.root}".encode() in run.stderr
+    run.assert_nothing_left()
+
+
+def test_daemon_killed_mid_boot(hostrun_cli, store: Store) -> None:
+    run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60", "--run",
+                              "sleep 1000")
+    daemon = _wait_for_process(run, "virtiofsd")
+    # The socket lives in hostrun's private dir under $TMPDIR, which must go at the end.
+    private = [p for p in run.tmpdir.iterdir() if p.name.startswith("hostrun-")]
+    assert len(private) == 1 and (private[0] / "virtiofs.sock").is_socket()
+    assert private[0].stat().st_mode & 0o777 == 0o700
+    time.sleep(0.5)  # the kernel is booting: the share is not mounted yet
+    os.kill(daemon, signal.SIGKILL)
+    started = time.monotonic()
+    assert run.finish() == ExitCode.DAEMON_FAILED, run.stderr
+    assert time.monotonic() - started < 10
+    assert b"was killed by signal 9" in run.stderr
+    run.assert_nothing_left()
+
+
+def test_guest_that_never_finishes_times_out(hostrun_cli, store: Store) -> None:
+    started = time.monotonic()
+    run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "4", "--run",
+                              "sleep 1000")
+    assert run.finish() == ExitCode.TIMEOUT
+    assert 4 <= time.monotonic() - started < 15
+    assert b"did not finish within --timeout 4 s" in run.stderr
+    run.assert_nothing_left()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, ExitCode.INTERRUPTED),
+                                              (signal.SIGTERM, ExitCode.TERMINATED)])
+def test_ctrl_c_and_sigterm(hostrun_cli, store: Store, signum: int, code: int) -> None:
+    run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60", "--run",
+                              "sleep 1000")
+    _wait_for_process(run, "qemu-system")
+    time.sleep(1.0)
+    run.proc.send_signal(signum)
+    assert run.finish() == code
+    assert b"interrupted; stopped the VM" in run.stderr
+    run.assert_nothing_left()
+
+
+def test_kernel_panic_is_no_status(hostrun_cli, store: Store) -> None:
+    """An init that exits panics the kernel: no status, so never success."""
+    run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60",
+                              "--cmdline", "rdinit=/bin/busybox", "--find")
+    assert run.finish() == ExitCode.NO_STATUS, run.stderr
+    assert b"kernel panicked: Kernel panic - not syncing: Attempted to kill init" in run.stderr
+    run.assert_nothing_left()
+
+
+def _wait_for_process(run: CliRun, name: str, timeout: float = 30) -> int:
+    """The pid of the run's child whose command line contains ``name``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in run.processes():
+            pid, command = entry.split(": ", 1)
+            if name in command.split(" ", 1)[0]:
+                return int(pid)
+        if run.proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    run.proc.kill()
+    _, err = run.proc.communicate()
+    raise AssertionError(f"no {name} process appeared; hostrun said: {err.decode()}")
+
+
+def test_help_documents_exit_codes() -> None:
+    out = subprocess.run(["hostrun", "--help"], capture_output=True, text=True, check=True)
+    for code in ("121", "122", "123", "124", "130"):
+        assert code in out.stdout

@@ -1,0 +1,270 @@
+"""Session supervision and exit-code mapping, with a stand-in VMM (a script that plays
+the console) and stand-in daemons: every way a run can end, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hostrun import session
+from hostrun.action import Action
+from hostrun.exitcodes import ExitCode
+from hostrun.session import RunSpec, run
+from hostrun.virtiofs import CustomDaemon
+from hostrun.vmm import BootConfig, Vmm
+
+# Plays a guest: finds the nonce on its "kernel command line", then follows a script.
+FAKE_VMM = textwrap.dedent("""\
+    import os, re, sys, time
+    cmdline = sys.argv[1]
+    nonce = re.search(r"initkit.nonce=(\\w+)", cmdline).group(1)
+    out = sys.stdout.buffer
+    def say(b):
+        out.write(b); out.flush()
+    for step in sys.argv[2].split(";"):
+        kind, _, arg = step.partition(":")
+        if kind == "out":
+            say(arg.encode().decode("unicode_escape").encode("latin-1"))
+        elif kind == "status":
+            say(b"\\r\\ninitkit-status:" + nonce.encode() + b":" + arg.encode() + b"\\r\\n")
+        elif kind == "sleep":
+            time.sleep(float(arg))
+        elif kind == "echo":  # read stdin until ^D, as a tty program would see it
+            data = b""
+            while not data.endswith(b"\\x04"):
+                chunk = os.read(0, 100)
+                if not chunk:
+                    break
+                data += chunk
+            say(b"got:" + data.replace(b"\\x04", b"^D") + b"\\r\\n")
+        elif kind == "err":
+            sys.stderr.write(arg + "\\n")
+        elif kind == "exit":
+            sys.exit(int(arg))
+""")
+
+
+class FakeVmm(Vmm):
+    name = "fake-vmm"
+    default_binary = sys.executable
+
+    def __init__(self, script: Path, steps: str) -> None:
+        super().__init__()
+        self.script = script
+        self.steps = steps
+
+    def install_hint(self) -> str:
+        return ""
+
+    def accepts_bzimage(self) -> bool:
+        return True
+
+    def cmdline_defaults(self, accel: str) -> list[str]:
+        return ["console=ttyS0"]
+
+    def argv(self, config: BootConfig) -> list[str]:
+        return [self.binary, str(self.script), config.cmdline, self.steps]
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """hostrun's temp dirs go here, so a test can see that none is left."""
+    path = tmp_path / "tmp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
+@pytest.fixture
+def spec_for(tmp_path: Path, private_tmp: Path):  # type: ignore[no-untyped-def]
+    script = tmp_path / "fake_vmm.py"
+    script.write_text(FAKE_VMM)
+    store = tmp_path / "store"
+    store.mkdir()
+
+    def make(steps: str, *, daemon: str = "sleep 60 {fd}", timeout: float | None = 30,
+             binary: str | None = None) -> RunSpec:
+        vmm = FakeVmm(script, steps)
+        if binary:
+            vmm.binary = binary
+        return RunSpec(kernel=tmp_path / "k", initrd=tmp_path / "i", vmm=vmm,
+                       daemon=CustomDaemon(store, daemon), action=Action("find"),
+                       timeout=timeout)
+
+    return make
+
+
+def collect(spec: RunSpec, **kwargs: object) -> tuple[session.Outcome, bytes]:
+    chunks: list[bytes] = []
+    outcome = run(spec, sink=chunks.append, **kwargs)  # type: ignore[arg-type]
+    return outcome, b"".join(chunks)
+
+
+def nothing_left(spec: RunSpec, private_tmp: Path) -> None:
+    assert os.listdir(private_tmp) == []
+    for proc in (spec.daemon.process,):
+        assert proc is not None and proc.poll() is not None
+
+
+@pytest.mark.parametrize(("status", "code"), [("exit=0", 0), ("exit=3", 3),
+                                              ("exit=255", 255), ("signal=9", 137)])
+def test_guest_status_is_the_exit_code(spec_for, private_tmp: Path, status: str,
+                                       code: int) -> None:
+    spec = spec_for(f"out:[    0.5] booting\\r\\n;out:Hello\\r\\n;status:{status};exit:0")
+    outcome, output = collect(spec)
+    assert outcome.code == code
+    assert outcome.error is None
+    assert output == b"Hello\n"
+    nothing_left(spec, private_tmp)
+
+
+def test_power_off_without_status_is_a_failure(spec_for, private_tmp: Path) -> None:
+    outcome, _ = collect(spec_for("out:partial output\\r\\n;exit:0"))
+    assert outcome.code == ExitCode.NO_STATUS
+    assert outcome.error is not None and "without reporting an exit status" in outcome.error
+
+
+def test_vmm_error_exit(spec_for, private_tmp: Path) -> None:
+    spec = spec_for("err:qemu-system-x86_64: -device foo: bad device;exit:1")
+    outcome, _ = collect(spec)
+    assert outcome.code == ExitCode.VMM_FAILED
+    assert outcome.error is not None and "bad device" in outcome.error
+    nothing_left(spec, private_tmp)
+
+
+def test_vmm_that_cannot_start(spec_for, private_tmp: Path) -> None:
+    outcome, _ = collect(spec_for("exit:0", binary="/nonexistent/qemu"))
+    assert outcome.code == ExitCode.VMM_FAILED
+    assert outcome.error is not None and "cannot start fake-vmm" in outcome.error
+    assert os.listdir(private_tmp) == []
+
+
+def test_kernel_panic_stops_a_vm_that_would_hang(spec_for, private_tmp: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session, "PANIC_GRACE", 0.3)
+    spec = spec_for("out:[    1.0] Kernel panic - not syncing: VFS: Unable to mount root\\r\\n;"
+                    "sleep:60")
+    started = time.monotonic()
+    outcome, output = collect(spec)
+    assert time.monotonic() - started < 10
+    assert outcome.code == ExitCode.NO_STATUS
+    assert outcome.error == ("the guest kernel panicked: Kernel panic - not syncing: VFS: "
+                             "Unable to mount root")
+    assert output == b""
+    nothing_left(spec, private_tmp)
+
+
+def test_status_then_no_power_off(spec_for, private_tmp: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session, "STATUS_GRACE", 0.3)
+    outcome, _ = collect(spec_for("status:exit=4;sleep:60"))
+    assert outcome.code == 4
+
+
+def test_timeout(spec_for, private_tmp: Path) -> None:
+    spec = spec_for("out:working\\r\\n;sleep:60", timeout=0.5)
+    started = time.monotonic()
+    outcome, output = collect(spec)
+    assert outcome.code == ExitCode.TIMEOUT
+    assert time.monotonic() - started < 5
+    assert outcome.error is not None and "--timeout 0.5 s" in outcome.error
+    assert output == b"working\n"
+    nothing_left(spec, private_tmp)
+
+
+def test_daemon_dying_mid_run(spec_for, private_tmp: Path) -> None:
+    spec = spec_for("sleep:60", daemon="sh -c 'sleep 0.3; echo lost the store >&2; exit 7' {fd}")
+    outcome, _ = collect(spec)
+    assert outcome.code == ExitCode.DAEMON_FAILED
+    assert outcome.error is not None
+    assert "exited with status 7" in outcome.error and "lost the store" in outcome.error
+    nothing_left(spec, private_tmp)
+
+
+def test_daemon_exiting_cleanly_while_vm_runs_on(spec_for, private_tmp: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session, "DAEMON_GRACE", 0.3)
+    outcome, _ = collect(spec_for("sleep:60", daemon="sh -c 'sleep 0.2' {fd}"))
+    assert outcome.code == ExitCode.DAEMON_FAILED
+
+
+def test_daemon_exiting_cleanly_as_vm_stops_is_fine(spec_for, private_tmp: Path) -> None:
+    # The C virtiofsd exits 0 once QEMU hangs up, which may be seen before QEMU's exit.
+    outcome, _ = collect(spec_for("sleep:0.5;status:exit=0;sleep:0.5;exit:0",
+                                  daemon="sh -c 'sleep 0.7' {fd}"))
+    assert outcome.code == 0
+
+
+def test_input_waits_for_the_guest_then_ends_with_eof(spec_for, private_tmp: Path) -> None:
+    spec = spec_for("sleep:0.3;out:prompt> ;echo;status:exit=0;exit:0")
+    outcome, output = collect(spec, stdin=b"ls /nix/store\nexit\n")
+    assert outcome.code == 0
+    assert output == b"prompt> got:ls /nix/store\nexit\n^D\n"
+
+
+def test_input_from_a_pipe(spec_for, private_tmp: Path) -> None:
+    r, w = os.pipe()
+    os.write(w, b"piped\n")
+    os.close(w)
+    try:
+        outcome, output = collect(spec_for("out:$ ;echo;status:exit=0;exit:0"), stdin=r)
+    finally:
+        os.close(r)
+    assert outcome.code == 0
+    assert output == b"$ got:piped\n^D\n"
+
+
+def test_input_from_dev_null(spec_for, private_tmp: Path) -> None:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        outcome, output = collect(spec_for("out:$ ;echo;status:exit=0;exit:0"), stdin=fd)
+    finally:
+        os.close(fd)
+    assert output == b"$ got:^D\n"
+    assert outcome.code == 0
+
+
+def test_escape_key_leaves_interactive_session(spec_for, private_tmp: Path) -> None:
+    r, w = os.pipe()
+    os.write(w, b"ab\x1d")
+    try:
+        outcome, output = collect(spec_for("out:$ ;sleep:60"), stdin=r, interactive=True)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert outcome.code == ExitCode.INTERRUPTED
+    assert outcome.error is not None and "Ctrl-]" in outcome.error
+    assert output == b"$ "  # raw mode: bytes as the guest sent them
+
+
+def test_sigterm_to_hostrun_tears_down(spec_for, private_tmp: Path) -> None:
+    import signal
+    import threading
+
+    spec = spec_for("out:up\\r\\n;sleep:60")
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        outcome, _ = collect(spec)
+    finally:
+        timer.cancel()
+    assert outcome.code == ExitCode.TERMINATED
+    assert outcome.error is not None and "interrupted" in outcome.error
+    nothing_left(spec, private_tmp)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_status_before_timeout_wins_over_it(spec_for, private_tmp: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest that reported in time but powers off slowly is not a timeout."""
+    monkeypatch.setattr(session, "STATUS_GRACE", 1.0)
+    started = time.monotonic()
+    outcome, _ = collect(spec_for("status:exit=6;sleep:60", timeout=0.5))
+    assert outcome.code == 6
+    assert 0.9 < time.monotonic() - started < 5
