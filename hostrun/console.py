@@ -76,30 +76,16 @@ class StatusScanner:
         self._tail = buf[-_MAX_SCAN_TAIL:]
 
 
+_STAMP = re.compile(rb"\[ *\d+\.\d+\]")
+_STAMP_PREFIX = re.compile(rb"\[ *(?:\d+(?:\.\d*)?)?\Z")
+
+
 def _kernel_prefix_state(held: bytes) -> str:
     """Classify a line start against the kernel's ``[ secs.usecs] `` timestamp:
     "no" (cannot be one), "maybe" (a prefix of one) or "yes" (a complete one)."""
-    if not held.startswith(b"["):
-        return "no"
-    i, n = 1, len(held)
-    while i < n and held[i : i + 1] == b" ":
-        i += 1
-    start = i
-    while i < n and held[i : i + 1].isdigit():
-        i += 1
-    if i == n:
-        return "maybe"
-    if i == start or held[i : i + 1] != b".":
-        return "no"
-    i += 1
-    start = i
-    while i < n and held[i : i + 1].isdigit():
-        i += 1
-    if i == n:
-        return "maybe"
-    if i == start or held[i : i + 1] != b"]":
-        return "no"
-    return "yes"
+    if _STAMP.match(held):
+        return "yes"
+    return "maybe" if _STAMP_PREFIX.match(held) else "no"
 
 
 class ConsoleFilter:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from initbuilder.errors import InitkitError
+from initbuilder.errors import InitkitError, reading
 
 _MAX_LINK_HOPS = 40  # the kernel's own limit for following symlinks
 
@@ -304,12 +304,8 @@ class Image:
         ownership is 0:0 so the initrd does not depend on who built it."""
         host_path = Path(host)
         guest = guest if guest is not None else os.path.abspath(host_path)
-        try:
+        with reading(host_path):
             st = host_path.lstat()
-        except FileNotFoundError:
-            raise InitkitError(f"{host_path}: no such file or directory") from None
-        except PermissionError:
-            raise InitkitError(f"{host_path}: permission denied") from None
         src = source or str(host_path)
         if stat.S_ISLNK(st.st_mode):
             return self.add_symlink(guest, os.readlink(host_path), source=src)
@@ -368,12 +364,8 @@ class Image:
 
 
 def _stat_regular(path: Path) -> os.stat_result:
-    try:
+    with reading(path):
         st = path.stat()
-    except FileNotFoundError:
-        raise InitkitError(f"{path}: no such file") from None
-    except PermissionError:
-        raise InitkitError(f"{path}: permission denied") from None
     if stat.S_ISDIR(st.st_mode):
         raise InitkitError(f"{path}: is a directory where a file is expected")
     if not stat.S_ISREG(st.st_mode):

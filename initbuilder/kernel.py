@@ -24,7 +24,7 @@ from elftools.elf.elffile import ELFFile
 
 from initbuilder import decompress
 from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError
+from initbuilder.errors import InitkitError, reading
 
 log = logging.getLogger("initkit.kernel")
 
@@ -279,11 +279,5 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def _read(path: Path) -> bytes:
-    try:
+    with reading(path, "kernel image"):
         return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InitkitError(f"kernel image {path}: no such file") from None
-    except IsADirectoryError:
-        raise InitkitError(f"kernel image {path} is a directory; pass the image file") from None
-    except PermissionError:
-        raise InitkitError(f"kernel image {path}: permission denied") from None

@@ -16,7 +16,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from initbuilder import decompress
-from initbuilder.errors import InitkitError
+from initbuilder.errors import InitkitError, reading
 
 # Module file suffix -> compression, longest first so ".ko.zst" is not taken for ".ko".
 MODULE_SUFFIXES: tuple[tuple[str, str | None], ...] = (
@@ -109,12 +109,8 @@ def read_module_bytes(path: Path, compression: str | None = None) -> bytes:
     if compression is None:
         split = split_module_filename(path.name)
         compression = split[1] if split else None
-    try:
+    with reading(path, "kernel module"):
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise InitkitError(f"kernel module {path}: no such file") from None
-    except PermissionError:
-        raise InitkitError(f"kernel module {path}: permission denied") from None
     if compression is None:
         return data
     found = decompress.detect(data)

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import libarchive
 
-from initbuilder.errors import InitkitError
+from initbuilder.errors import InitkitError, reading
 from initbuilder.image import Entry, Image, Kind
 
 
@@ -60,20 +60,13 @@ def read_initrd(path: str | os.PathLike[str], *, with_data: bool = False) -> lis
     in archive order, without the trailers. File contents only ``with_data``; the file
     is mapped, not read, so listing a large initrd stays cheap."""
     src = Path(path)
-    try:
-        with src.open("rb") as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
-                raise InitkitError(f"{src}: empty file, not an initrd")
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as blob:
-                members: list[ArchiveMember] = []
-                for index, raw in enumerate(_archives(blob, src, with_data)):
-                    members.extend(_link_groups(raw, index))
-    except FileNotFoundError:
-        raise InitkitError(f"{src}: no such file") from None
-    except IsADirectoryError:
-        raise InitkitError(f"{src}: is a directory, not an initrd") from None
-    except PermissionError:
-        raise InitkitError(f"{src}: permission denied") from None
+    with reading(src, "initrd"), src.open("rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise InitkitError(f"{src}: empty file, not an initrd")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as blob:
+            members: list[ArchiveMember] = []
+            for index, raw in enumerate(_archives(blob, src, with_data)):
+                members.extend(_link_groups(raw, index))
     if not members:
         raise InitkitError(f"{src}: holds no entries")
     return members

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from realparts import missing_part
 
 from initbuilder.errors import InitkitError
 from initbuilder.kernelfetch import FetchedKernel, fetch_debian_kernel
-
-
-def missing_part(reason: str) -> None:
-    """Skip the test for a real part this machine lacks; under CI=true, fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and a required part is missing: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

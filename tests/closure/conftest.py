@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from elf_fixtures import Builder, host_is_x86_64_glibc, need
+from elf_fixtures import Builder, host_is_x86_64_glibc
+from realparts import need
 
 
 @pytest.fixture

@@ -8,33 +8,19 @@ out freely, which is what the search-rule tests need.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from elftools.elf.elffile import ELFFile
+from realparts import missing_part
 
 from initbuilder.closure import Closure
 
 DT_RPATH = 15
 DT_RUNPATH = 29
-
-
-def missing_part(reason: str) -> None:
-    """Skip for a real part this machine lacks; under CI=true, fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and a required part is missing: {reason}")
-    pytest.skip(reason)
-
-
-def need(*programs: str) -> None:
-    for program in programs:
-        if shutil.which(program) is None:
-            missing_part(f"{program} is not installed")
 
 
 def host_is_x86_64_glibc() -> None:

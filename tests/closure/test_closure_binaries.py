@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from elf_fixtures import Builder, host_is_x86_64_glibc, missing_part, need
+from elf_fixtures import Builder, host_is_x86_64_glibc
+from realparts import missing_part, need
 
 from initbuilder.binaries import BinaryAdder
 from initbuilder.closure import Resolver, add_binaries

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from elf_fixtures import Builder, missing_part, parse_trace
+from elf_fixtures import Builder, parse_trace
+from realparts import missing_part
 
 from initbuilder.closure import Resolver
 from initbuilder.errors import InitkitError

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from elf_fixtures import Trace, host_is_x86_64_glibc, missing_part, ours, parse_trace, run_ldd
+from elf_fixtures import Trace, host_is_x86_64_glibc, ours, parse_trace, run_ldd
+from realparts import missing_part
 
 from initbuilder.closure import Resolver
 from initbuilder.elf import ElfError

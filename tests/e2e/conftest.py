@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from realparts import missing_part
 
 from hostrun.pytest_plugin import VmRunner
 
@@ -38,13 +39,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-def missing_part(reason: str) -> None:
-    """Skip for a real part this machine lacks; under CI=true, fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and a required part is missing: {reason}")
-    pytest.skip(reason)
 
 
 @dataclass(frozen=True)

@@ -142,13 +142,3 @@ class FakeSystem:
 
     def power_off(self) -> None:
         self._record("power_off")
-
-
-def missing_part(reason: str) -> None:
-    """Skip for a real part this machine lacks; under CI=true, fail instead (as the
-    suite-wide helper in tests/conftest.py does; that module's name is taken here)."""
-    import pytest
-
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and a required part is missing: {reason}")
-    pytest.skip(reason)

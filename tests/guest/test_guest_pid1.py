@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from guestfake import missing_part
+from realparts import missing_part
 
 from guest.protocol import ExitStatus, parse_line
 from initbuilder.cpio import write_initrd

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from guestfake import missing_part
+from realparts import missing_part
 
 from initbuilder import runtime
 from initbuilder.cpio import write_initrd

@@ -6,13 +6,7 @@ import os
 import shutil
 
 import pytest
-
-
-def missing_part(reason: str) -> None:
-    """Skip for a real part this machine lacks; under CI=true, fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and a required part is missing: {reason}")
-    pytest.skip(reason)
+from realparts import missing_part
 
 
 @pytest.fixture(scope="session")

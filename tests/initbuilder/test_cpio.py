@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import libarchive
 import pytest
+from realparts import need
 
 from initbuilder.cpio import COMPRESSIONS, write_initrd
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
 from initbuilder.reader import add_initrd, read_initrd
 from initbuilder.sources import add_skeleton
-
-
-def need(tool: str) -> str:
-    found = shutil.which(tool)
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{tool} is missing in CI")
-        pytest.skip(f"{tool} is not installed")
-    return found
 
 
 def sample_image(tmp_path: Path) -> Image:

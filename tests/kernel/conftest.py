@@ -6,7 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from synthetic_kernel import VERSION, VMLINUX_C, ModuleTreeBuilder, need
+from realparts import need
+from synthetic_kernel import VERSION, VMLINUX_C, ModuleTreeBuilder
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,12 @@ compressed variants, module trees, and bzImages around a tiny ELF "vmlinux"."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import struct
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import pytest
+from realparts import need
 
 VERSION = "6.1.0-synthetic"
 
@@ -39,19 +37,6 @@ __attribute__((used))
 const char linux_banner[] = "Linux version VERSION (test@initkit) (gcc) #1 SMP\n";
 void _start(void) { for (;;) {} }
 """
-
-
-def missing_part(reason: str) -> None:
-    """Skip for a real part this machine lacks; under CI=true, fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and a required part is missing: {reason}")
-    pytest.skip(reason)
-
-
-def need(*programs: str) -> None:
-    for program in programs:
-        if shutil.which(program) is None:
-            missing_part(f"{program} is not installed")
 
 
 def pipe(argv: Sequence[str], data: bytes) -> bytes:

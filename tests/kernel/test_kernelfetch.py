@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from synthetic_kernel import need
+from realparts import need
 
 from initbuilder.errors import InitkitError
 from initbuilder.kernelfetch import (

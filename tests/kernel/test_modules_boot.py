@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from synthetic_kernel import MODULE_COMPRESSORS, need, pipe
+from realparts import need
+from synthetic_kernel import MODULE_COMPRESSORS, pipe
 
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image
