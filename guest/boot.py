@@ -6,7 +6,14 @@ import errno
 
 from guest import plan as steps
 from guest.cmdline import parse
-from guest.protocol import INIT_FAILED, NO_NONCE, NOT_EXECUTABLE, NOT_FOUND, ExitStatus
+from guest.protocol import (
+    INIT_FAILED,
+    NO_NONCE,
+    NOT_EXECUTABLE,
+    NOT_FOUND,
+    ExitStatus,
+    ready_record,
+)
 from guest.system import ShutdownRequested, System
 
 _FIND_CHUNK = 1 << 16
@@ -79,6 +86,12 @@ def boot(system: System, outcome: Outcome, started: float,
         outcome.status = ExitStatus.exited(INIT_FAILED)
         return
     system.catch_shutdown_signals()
+    if not plan.echo:
+        try:
+            system.set_echo(False)
+        except OSError as exc:
+            system.say(f"cannot turn off the console's echo: {describe(exc)}")
+    system.write_out(ready_record(plan.nonce))
     try:
         outcome.status = run_action(plan.action, system, debug=plan.debug)
     except ShutdownRequested as request:

@@ -32,7 +32,8 @@ ACTION_KEYS = ("tvix.find", "tvix.shell", "tvix.exec", "tvix.run", "init")
 # Test-only: bind this directory on /nix/store instead of mounting virtiofs.
 TEST_STORE_KEY = "initkit.test.store"
 _KNOWN_KEYS = frozenset(
-    (*ACTION_KEYS, "tvix.tag", protocol.NONCE_KEY, "initkit.debug", TEST_STORE_KEY)
+    (*ACTION_KEYS, "tvix.tag", protocol.NONCE_KEY, protocol.NOECHO_KEY, "initkit.debug",
+     TEST_STORE_KEY)
 )
 NEEDS_BUSYBOX = "rebuild the initrd with `initbuilder build --busybox`"
 
@@ -160,15 +161,16 @@ Action = ListTree | Spawn | SwitchRoot | Fail
 
 
 class Plan(_Record):
-    __slots__ = ("action", "debug", "nonce", "steps", "warnings")
+    __slots__ = ("action", "debug", "echo", "nonce", "steps", "warnings")
 
     def __init__(self, steps: tuple[Step, ...], action: Action, nonce: str, debug: bool,
-                 warnings: tuple[str, ...]) -> None:
+                 warnings: tuple[str, ...], echo: bool = True) -> None:
         self.steps = steps
         self.action = action
         self.nonce = nonce
         self.debug = debug
         self.warnings = warnings
+        self.echo = echo  # False: the console must not echo input (it comes from a pipe)
 
 
 def early_steps() -> tuple[Step, ...]:
@@ -224,7 +226,8 @@ def make_plan(cmdline: Cmdline, *, modules: str | None = None,
     steps: list[Step] = [LoadModule(path) for path in module_paths(modules)]
     steps.append(MakeDir(STORE))
     steps.extend(_store_mounts(cmdline, fatal=store_needed))
-    return Plan(tuple(steps), action, nonce, cmdline.has("initkit.debug"), tuple(warnings))
+    return Plan(tuple(steps), action, nonce, cmdline.has("initkit.debug"), tuple(warnings),
+                echo=not cmdline.has(protocol.NOECHO_KEY))
 
 
 def _store_mounts(cmdline: Cmdline, *, fatal: bool) -> list[Step]:

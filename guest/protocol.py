@@ -1,6 +1,7 @@
 """The exit-status record the guest prints on the console for the host (docs/guest.md).
 
-The record is ``\\ninitkit-status:<nonce>:exit=<N>\\n`` or ``...:signal=<N>\\n``. The
+The record is ``\\ninitkit-status:<nonce>:exit=<N>\\n`` or ``...:signal=<N>\\n``;
+``...:ready`` says the action is about to start (the host may send input from then on). The
 leading newline puts it at the start of a line whatever the program printed last;
 a host that hides the record removes both newlines with it and shows exactly the
 program's bytes. The nonce comes from ``initkit.nonce=`` (16 hex digits), so output
@@ -15,6 +16,8 @@ PREFIX = "initkit-status"
 NONCE_KEY = "initkit.nonce"
 NO_NONCE = "none"
 NONCE_LENGTH = 16
+READY = "ready"
+NOECHO_KEY = "initkit.noecho"  # the host's input is a pipe: the console must not echo it
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 # Statuses the init reports itself, after shell conventions.
@@ -75,6 +78,13 @@ def valid_nonce(text: str | None) -> bool:
 def record(nonce: str, status: ExitStatus) -> bytes:
     """The bytes the guest writes to the console after the action."""
     return f"\n{PREFIX}:{nonce}:{status}\n".encode()
+
+
+def ready_record(nonce: str) -> bytes:
+    """The bytes the guest writes to the console right before the action starts: the
+    host holds the user's input until then, because the serial port drops what arrives
+    before the console is open and a program may read before it prints anything."""
+    return f"\n{PREFIX}:{nonce}:{READY}\n".encode()
 
 
 def parse_line(line: str, nonce: str) -> ExitStatus | None:

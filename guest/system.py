@@ -113,6 +113,15 @@ class System:
             view = view[written:]
 
     @staticmethod
+    def set_echo(enabled: bool) -> None:
+        """Turn the console's echo on or off (line editing stays: ^D still ends input)."""
+        import termios  # only piped input needs it: keep it off the boot path
+
+        attrs = termios.tcgetattr(0)
+        attrs[3] = attrs[3] | termios.ECHO if enabled else attrs[3] & ~termios.ECHO
+        termios.tcsetattr(0, termios.TCSANOW, attrs)
+
+    @staticmethod
     def ensure_console(path: str) -> None:
         """Open fds 0-2 on ``path`` where the kernel could not, and reopen those on the
         initrd's console node (now hidden by devtmpfs) so ttyname() works; then make

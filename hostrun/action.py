@@ -60,14 +60,17 @@ def new_nonce() -> str:
 
 
 def kernel_cmdline(*, defaults: list[str], nonce: str, verbose: bool,
-                   action: Action | None, extra: str = "") -> str:
+                   action: Action | None, extra: str = "", echo: bool = True) -> str:
     """The whole kernel command line: the VMM's needs, quiet unless verbose, the nonce,
-    the user's extra words (see without_actions), then the action."""
+    the user's extra words (see without_actions), then the action. ``echo=False``
+    (input from a pipe, not a person) asks the guest console not to echo it back."""
     words = list(defaults)
     if not verbose:
         words.append("quiet")
     words.append("printk.time=1")  # the console filter tells kernel lines by their stamp
     words.append(f"initkit.nonce={nonce}")
+    if not echo:
+        words.append("initkit.noecho")
     if extra.strip():
         words.append(extra.strip())
     if action is not None:

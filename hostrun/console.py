@@ -55,6 +55,8 @@ class StatusScanner:
         self.status: GuestStatus | None = None
         self.panic: str | None = None
         self.init_started = False
+        self.ready = False  # the guest's action is about to start: input is safe to send
+        self._ready = re.compile(re.escape(STATUS_TAG + nonce.encode() + b":ready") + rb"\r?\n")
 
     def feed(self, data: bytes) -> None:
         buf = self._tail + data
@@ -71,6 +73,8 @@ class StatusScanner:
             # Only take the panic line once it is complete, for a whole message.
             if found is not None and buf.find(b"\n", found.end()) != -1:
                 self.panic = found.group(0).decode(errors="replace").strip()
+        if not self.ready and self._ready.search(buf):
+            self.ready = True
         if not self.init_started and _INIT_STARTED.search(buf):
             self.init_started = True
         self._tail = buf[-_MAX_SCAN_TAIL:]

@@ -133,7 +133,8 @@ class _Run:
         assert spec.daemon.socket_path is not None
         cmdline = kernel_cmdline(defaults=spec.vmm.cmdline_defaults(spec.accel),
                                  nonce=self.nonce, verbose=spec.verbose, action=spec.action,
-                                 extra=spec.extra_cmdline)
+                                 extra=spec.extra_cmdline,
+                                 echo=self.stdin is None or self.interactive)
         config = BootConfig(
             kernel=spec.kernel, initrd=spec.initrd, cmdline=cmdline,
             fs_socket=spec.daemon.socket_path, cpus=spec.cpus, memory_mib=spec.memory_mib,
@@ -199,7 +200,8 @@ class _Run:
                         return Outcome(ExitCode.DAEMON_FAILED)
                     # A daemon exits 0 when the VMM hangs up: the VMM may be stopping.
                     timers.start("daemon", now, DAEMON_GRACE)
-                if not relay.gate and (self.filter.userspace_output or self.scanner.init_started):
+                if not relay.gate and (self.scanner.ready or self.filter.userspace_output
+                                       or self.scanner.init_started):
                     relay.gate = True  # the guest's tty is open: input is no longer lost
                 relay.update(vmm_alive)
                 idle = self.live and self.filter.holding

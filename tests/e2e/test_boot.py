@@ -57,6 +57,15 @@ def test_shell_through_stdin(vm: VmRunner, store: Store) -> None:
     assert store.docs.rsplit("/", 1)[1] in result.output
 
 
+def test_program_that_reads_before_it_prints_gets_piped_input(vm: VmRunner,
+                                                              store: Store) -> None:
+    # The input is held until the guest says the action starts, and not echoed back.
+    result = vm.sh("read first; read second; echo got $first+$second; cat",
+                   store=store.root, input=b"one\ntwo\nthree\n")
+    assert result.exit_code == 0, result.describe()
+    assert result.output == "got one+two\nthree\n", result.describe()
+
+
 def test_dynamically_linked_program_from_the_store(vm: VmRunner, store: Store) -> None:
     result = vm.exec(store.dynhello, "exit", "5", store=store.root)
     assert result.exit_code == 5, result.describe()

@@ -58,6 +58,9 @@ class FakeSystem:
     def write_out(self, data: bytes) -> None:
         self.out += data
 
+    def set_echo(self, enabled: bool) -> None:
+        self._record("set_echo", enabled)
+
     def ensure_console(self, path: str) -> None:
         self._record("ensure_console", path)
 

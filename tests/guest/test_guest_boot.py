@@ -143,7 +143,8 @@ def test_find_lists_the_tree_and_reports_unreadable_parts(fake: FakeSystem) -> N
                  (b"/nix/store/b-y", PermissionError(errno.EACCES, "Permission denied")),
                  (b"/nix/store/\xff-z", None)]
     outcome = booted(fake, "tvix.find")
-    assert bytes(fake.out) == b"/nix/store\n/nix/store/a-x\n/nix/store/\xff-z\n"
+    listing = b"/nix/store\n/nix/store/a-x\n/nix/store/\xff-z\n"
+    assert bytes(fake.out) == protocol.ready_record("none") + listing
     assert outcome.status == ExitStatus.exited(1)
     assert any("b-y" in s and "EACCES" in s for s in fake.said)
 
@@ -259,3 +260,32 @@ def test_finish_still_reports_and_powers_off_when_ending_processes_fails() -> No
     finish(fake, Outcome())  # type: ignore[arg-type]
     assert bytes(fake.out) == b"\ninitkit-status:none:exit=125\n"
     assert fake.names()[-1] == "power_off"
+
+
+def test_ready_record_comes_right_before_the_program_starts() -> None:
+    seen: list[bytes] = []
+
+    class Watching(FakeSystem):
+        def spawn(self, argv: tuple[str, ...], env: dict[str, str]) -> int:
+            seen.append(bytes(self.out))
+            return super().spawn(argv, env)
+
+    fake = Watching()
+    fake.files["/nix/store/h-hello/bin/hello"] = ""
+    booted(fake, f"initkit.nonce={NONCE} tvix.exec=/nix/store/h-hello/bin/hello")
+    assert seen == [f"\ninitkit-status:{NONCE}:ready\n".encode()]
+    assert "set_echo" not in fake.names()
+
+
+def test_noecho_turns_the_console_echo_off_before_the_action(fake: FakeSystem) -> None:
+    booted(fake, "initkit.noecho tvix.run=cat")
+    names = fake.names()
+    assert ("set_echo", (False,)) in fake.calls
+    assert names.index("set_echo") < names.index("spawn")
+    assert not any("unknown" in said for said in fake.said)
+
+
+def test_no_ready_record_when_the_boot_failed_before_the_action(fake: FakeSystem) -> None:
+    fake.mount_errors["/nix/store"] = errno.ENODEV
+    booted(fake, "tvix.exec=/nix/store/x")
+    assert b"ready" not in bytes(fake.out)

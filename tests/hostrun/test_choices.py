@@ -224,3 +224,10 @@ def test_kvm_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str,
     started = time.monotonic()
     assert hostcpu._probe_kvm(str(fake), "/vmlinux") is boots
     assert time.monotonic() - started < 5
+
+
+def test_piped_input_asks_the_guest_not_to_echo_it() -> None:
+    quiet = kernel_cmdline(defaults=[], nonce="0" * 16, verbose=False, action=None, echo=False)
+    assert "initkit.noecho" in quiet.split()
+    assert "initkit.noecho" not in kernel_cmdline(defaults=[], nonce="0" * 16, verbose=False,
+                                                  action=None).split()

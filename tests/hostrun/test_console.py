@@ -135,3 +135,23 @@ def test_scanner_sees_panic_and_init_start() -> None:
     scanner.feed(b"ncing: Attempted to kill init! exitcode=0x00000100\r\n")
     assert scanner.panic == ("Kernel panic - not syncing: Attempted to kill init! "
                              "exitcode=0x00000100")
+
+
+def test_scanner_sees_the_ready_record_and_the_filter_hides_it() -> None:
+    scanner = StatusScanner(NONCE)
+    shown = ConsoleFilter(NONCE, crlf=False)
+    stream = f"\ninitkit-status:{NONCE}:rea".encode()
+    scanner.feed(stream)
+    out = shown.feed(stream)
+    assert not scanner.ready
+    rest = f"dy\r\nHello\r\n\ninitkit-status:{NONCE}:exit=0\r\n".encode()
+    scanner.feed(rest)
+    out += shown.feed(rest) + shown.flush(final=True)
+    assert scanner.ready and scanner.status == GuestStatus(exit=0)
+    assert out == b"Hello\r\n"
+
+
+def test_a_foreign_ready_record_opens_nothing() -> None:
+    scanner = StatusScanner(NONCE)
+    scanner.feed(b"\ninitkit-status:ffffffffffffffff:ready\r\n")
+    assert not scanner.ready
