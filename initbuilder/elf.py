@@ -9,6 +9,7 @@ program headers, the dynamic array, its string table and the PT_NOTE segments ar
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from functools import cache
 
 from elftools.common.exceptions import ELFError
 from elftools.construct import ConstructError
+from elftools.elf.elffile import ELFFile
 from elftools.elf.structs import ELFStructs
 
 from initbuilder.errors import InitkitError
@@ -276,3 +278,74 @@ def parse_dlopen_json(desc: bytes, path: str) -> list[DlopenFeature]:
             sonames=tuple(sonames),
         ))
     return out
+
+
+# -- whole ELF images in memory (kernel payloads, modules) ------------------------------
+# Rarely read, so pyelftools' ELFFile is fine here; it stays in this module all the same.
+
+@dataclass(frozen=True, slots=True)
+class ElfNote:
+    name: str
+    type: int
+    desc: bytes
+
+
+def _elffile(data: bytes, what: str) -> ELFFile:
+    try:
+        return ELFFile(io.BytesIO(data))
+    except (ELFError, ConstructError) as exc:
+        raise ElfError(f"{what} is not a valid ELF file ({exc})") from None
+
+
+def image_section(data: bytes, name: str, what: str) -> bytes | None:
+    """The bytes of section ``name`` of the ELF image ``data``, or None if it has none."""
+    try:
+        section = _elffile(data, what).get_section_by_name(name)
+        return None if section is None else section.data()
+    except (ELFError, ConstructError) as exc:
+        raise ElfError(f"{what}: damaged section table ({exc})") from None
+
+
+def image_notes(data: bytes, what: str) -> list[ElfNote]:
+    """The notes in the PT_NOTE segments of the ELF image ``data``."""
+    notes = []
+    try:
+        for segment in _elffile(data, what).iter_segments():
+            if segment["p_type"] != "PT_NOTE":
+                continue
+            for note in segment.iter_notes():
+                # n_desc is decoded for notes pyelftools knows; n_descdata is the raw bytes.
+                raw = note["n_descdata"]
+                if isinstance(raw, str):
+                    raw = raw.encode("latin-1")
+                notes.append(ElfNote(note["n_name"], note["n_type"], bytes(raw)))
+    except (ELFError, ConstructError) as exc:
+        raise ElfError(f"{what}: damaged notes ({exc})") from None
+    return notes
+
+
+def image_extent(data: bytes, what: str) -> int:
+    """Bytes the ELF file proper occupies at the start of ``data``: headers, segments,
+    sections and the section table (anything appended after it is not part of it)."""
+    elf = _elffile(data, what)
+    end = elf["e_shoff"] + elf["e_shnum"] * elf["e_shentsize"]
+    end = max(end, elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"])
+    for segment in elf.iter_segments():
+        end = max(end, segment["p_offset"] + segment["p_filesz"])
+    for section in elf.iter_sections():
+        if section["sh_type"] != "SHT_NOBITS":
+            end = max(end, section["sh_offset"] + section["sh_size"])
+    return min(end, len(data))
+
+
+def image_machine(data: bytes) -> str | None:
+    """pyelftools' name of the image's machine ("EM_X86_64"), or None if not ELF."""
+    try:
+        return str(_elffile(data, "image")["e_machine"])
+    except ElfError:
+        return None
+
+
+def image_little_endian(data: bytes) -> bool:
+    """True for an ELFDATA2LSB image."""
+    return data[5:6] == b"\x01"

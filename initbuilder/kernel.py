@@ -9,7 +9,6 @@ RISC-V ``Image``, EFI zboot images, and any of these wrapped in gzip/xz/zstd/...
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import re
@@ -19,10 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
-from initbuilder import decompress
+from initbuilder import decompress, elf
 from initbuilder.cache import cache_dir
 from initbuilder.errors import InitkitError, reading
 
@@ -126,38 +122,20 @@ def vmlinux_from_bzimage(data: bytes, what: str = "bzImage") -> bytes:
     if not raw.startswith(b"\x7fELF"):
         raise InitkitError(f"{what}: the {kind} payload is not an ELF file "
                            f"(starts with {raw[:4].hex()})")
-    return raw[:_elf_extent(raw)]
-
-
-def _elf_extent(data: bytes) -> int:
-    """Bytes the ELF file proper occupies: headers, segments, sections, section table."""
-    elf = ELFFile(io.BytesIO(data))
-    end = elf["e_shoff"] + elf["e_shnum"] * elf["e_shentsize"]
-    end = max(end, elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"])
-    for segment in elf.iter_segments():
-        end = max(end, segment["p_offset"] + segment["p_filesz"])
-    for section in elf.iter_sections():
-        if section["sh_type"] != "SHT_NOBITS":
-            end = max(end, section["sh_offset"] + section["sh_size"])
-    return min(end, len(data))
+    return raw[:elf.image_extent(raw, what)]
 
 
 def pvh_entry(elf_data: bytes) -> int | None:
     """The XEN_ELFNOTE_PHYS32_ENTRY address of an ELF vmlinux, or None."""
     try:
-        elf = ELFFile(io.BytesIO(elf_data))
-        for segment in elf.iter_segments():
-            if segment["p_type"] != "PT_NOTE":
-                continue
-            for note in segment.iter_notes():
-                if note["n_name"] == "Xen" and note["n_type"] == _XEN_ELFNOTE_PHYS32_ENTRY:
-                    desc = note["n_desc"]
-                    raw = desc if isinstance(desc, bytes) else desc.encode("latin-1")
-                    size = 8 if len(raw) >= 8 else 4
-                    fmt = ("<" if elf.little_endian else ">") + ("Q" if size == 8 else "I")
-                    return struct.unpack_from(fmt, raw)[0]
-    except ELFError:
+        notes = elf.image_notes(elf_data, "vmlinux")
+    except elf.ElfError:
         return None
+    for note in notes:
+        if note.name == "Xen" and note.type == _XEN_ELFNOTE_PHYS32_ENTRY:
+            size = 8 if len(note.desc) >= 8 else 4
+            order = "<" if elf.image_little_endian(elf_data) else ">"
+            return struct.unpack_from(order + ("Q" if size == 8 else "I"), note.desc)[0]
     return None
 
 
@@ -184,15 +162,16 @@ def _info(path: Path, data: bytes, *, payload: bool, outer: str | None) -> Kerne
         version = header.version_string.split()[0] if header.version_string else None
         entry, machine = None, None
         if payload:
-            elf = _read(extract_vmlinux(path)) if outer is None else vmlinux_from_bzimage(data)
-            entry, machine = pvh_entry(elf), _elf_machine(elf)
+            vmlinux = (_read(extract_vmlinux(path)) if outer is None
+                       else vmlinux_from_bzimage(data))
+            entry, machine = pvh_entry(vmlinux), elf.image_machine(vmlinux)
         return KernelInfo(path, BZIMAGE, version, header.version_string, kind,
                           boot_protocol="{}.{:02d}".format(*header.protocol), machine=machine,
                           pvh_entry=entry)
     if data.startswith(b"\x7fELF"):
         release, banner = _banner(data)
         return KernelInfo(path, ELF_VMLINUX, release, banner, outer,
-                          machine=_elf_machine(data), pvh_entry=pvh_entry(data))
+                          machine=elf.image_machine(data), pvh_entry=pvh_entry(data))
     if len(data) >= 64 and data[56:60] == b"ARM\x64":
         release, banner = _banner(data)
         return KernelInfo(path, ARM64_IMAGE, release, banner, outer)
@@ -222,13 +201,6 @@ _ZBOOT_KINDS = {"gzip": "gzip", "lzma": "lzma", "xzkern": "xz", "zstd22": "zstd"
                 "lz4": "lz4", "lzo": "lzo", "bzip2": "bzip2", "xz": "xz", "zstd": "zstd"}
 
 
-def _elf_machine(data: bytes) -> str | None:
-    try:
-        return str(ELFFile(io.BytesIO(data))["e_machine"])
-    except ELFError:
-        return None
-
-
 def kernel_release(path: Path) -> str:
     """The release (`uname -r`) of a kernel image, read without decompressing a bzImage."""
     info = kernel_info(path, payload=False)
@@ -250,8 +222,7 @@ def extract_vmlinux(bzimage: Path, out: Path | None = None) -> Path:
         digest = hashlib.sha256(data).hexdigest()
         source = cache_dir("vmlinux") / f"{digest}.elf"
         if not source.exists():
-            elf = vmlinux_from_bzimage(data, str(bzimage))
-            _write_atomically(source, elf)
+            _write_atomically(source, vmlinux_from_bzimage(data, str(bzimage)))
             log.info("extracted vmlinux from %s into %s", bzimage, source)
     if out is None:
         return source

@@ -8,14 +8,10 @@ are decompressed in memory first.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
-from initbuilder import decompress
+from initbuilder import decompress, elf
 from initbuilder.errors import InitkitError, reading
 
 # Module file suffix -> compression, longest first so ".ko.zst" is not taken for ".ko".
@@ -123,13 +119,12 @@ def read_module_bytes(path: Path, compression: str | None = None) -> bytes:
 def modinfo_from_elf(data: bytes, what: str) -> ModInfo:
     """Parse .modinfo out of a module's ELF bytes; ``what`` names it in errors."""
     try:
-        elf = ELFFile(io.BytesIO(data))
-        section = elf.get_section_by_name(".modinfo")
-    except ELFError as exc:
-        raise InitkitError(f"{what} is not a valid ELF kernel module ({exc})") from None
+        section = elf.image_section(data, ".modinfo", what)
+    except elf.ElfError:
+        raise InitkitError(f"{what} is not a valid ELF kernel module") from None
     if section is None:
         raise InitkitError(f"{what} has no .modinfo section; is it a kernel module?")
-    return ModInfo(parse_fields(section.data()))
+    return ModInfo(parse_fields(section))
 
 
 def read_modinfo(path: Path) -> ModInfo:
