@@ -8,6 +8,7 @@ out freely, which is what the search-rule tests need.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
@@ -171,3 +172,18 @@ def ours(closure: Closure) -> Trace:
     found = {os.path.realpath(obj.path) for obj in closure.objects()[1:] if obj.path}
     missing = {m.name for m in closure.missing}
     return Trace(found, missing, "")
+
+
+def host_libc_tree(root: Path) -> Path:
+    """A merged-usr tree at ``root`` holding the host's loader and libc, with the
+    loader's lib64 link absolute (followed on the host it would leave the tree)."""
+    libdir = root / "usr/lib/x86_64-linux-gnu"
+    libdir.mkdir(parents=True)
+    (root / "usr/lib64").mkdir(parents=True)
+    for name in ("ld-linux-x86-64.so.2", "libc.so.6"):
+        shutil.copy2(os.path.realpath(f"/lib/x86_64-linux-gnu/{name}"), libdir / name)
+    os.symlink("usr/lib", root / "lib")
+    os.symlink("usr/lib64", root / "lib64")
+    os.symlink("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+               root / "usr/lib64/ld-linux-x86-64.so.2")
+    return root

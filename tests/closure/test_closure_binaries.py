@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from elf_fixtures import Builder, host_is_x86_64_glibc
+from elf_fixtures import Builder, host_is_x86_64_glibc, host_libc_tree
 from realparts import missing_part, need
 
 from initbuilder.binaries import BinaryAdder
@@ -218,16 +218,8 @@ def test_store_files_are_relocated_and_still_load(build: Builder, fake_store: Pa
 
 
 def test_root_packs_the_trees_files(build: Builder, tmp_path: Path) -> None:
-    root = tmp_path / "tree"
+    root = host_libc_tree(tmp_path / "tree")
     libdir = root / "usr/lib/x86_64-linux-gnu"
-    libdir.mkdir(parents=True)
-    (root / "usr/lib64").mkdir()
-    for name in ("ld-linux-x86-64.so.2", "libc.so.6"):
-        shutil.copy2(os.path.realpath(f"/lib/x86_64-linux-gnu/{name}"), libdir / name)
-    os.symlink("usr/lib", root / "lib")
-    os.symlink("usr/lib64", root / "lib64")
-    os.symlink("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-               root / "usr/lib64/ld-linux-x86-64.so.2")
     (root / "etc").mkdir()
     (root / "etc/ld.so.conf").write_text("/opt/lib\n")
     build.lib("tree/opt/lib/libtree.so.1", soname="libtree.so.1")

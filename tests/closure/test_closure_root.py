@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from elf_fixtures import Builder, parse_trace
+from elf_fixtures import Builder, host_libc_tree, parse_trace
 from realparts import missing_part
 
 from initbuilder.closure import Resolver
@@ -75,17 +75,7 @@ def test_sysroot_resolves_absolute_links_inside_the_tree(tmp_path: Path) -> None
 def sysroot(build: Builder, tmp_path: Path) -> Path:
     """A small tree: the host's loader and libc under absolute symlinks, its own
     ld.so.conf naming /opt/b before /opt/a, and a program needing libfoo.so.1."""
-    root = tmp_path / "tree"
-    libdir = root / "usr/lib/x86_64-linux-gnu"
-    libdir.mkdir(parents=True)
-    (root / "usr/lib64").mkdir(parents=True)
-    for name in ("ld-linux-x86-64.so.2", "libc.so.6"):
-        shutil.copy2(os.path.realpath(f"/lib/x86_64-linux-gnu/{name}"), libdir / name)
-    os.symlink("usr/lib", root / "lib")
-    os.symlink("usr/lib64", root / "lib64")
-    # Absolute: followed on the host it would leave the tree.
-    os.symlink("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-               root / "usr/lib64/ld-linux-x86-64.so.2")
+    root = host_libc_tree(tmp_path / "tree")
     (root / "etc/ld.so.conf.d").mkdir(parents=True)
     (root / "etc/ld.so.conf").write_text("include /etc/ld.so.conf.d/*.conf\n")
     (root / "etc/ld.so.conf.d/20-a.conf").write_text("/opt/a\n")
