@@ -19,9 +19,13 @@ initkit_setup() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
       "${missing[@]}" >/dev/null
   fi
-  if ! python3 -c 'import initbuilder, elftools, libarchive, click, pytest' 2>/dev/null \
-     || ! command -v initbuilder >/dev/null; then
-    echo "initkit: installing the Python package (editable) and its test tools" >&2
+  # Installed, with its test tools, and from this checkout (not another clone's).
+  local installed
+  installed="$(cd / && python3 -c 'import elftools, libarchive, click, pytest, initbuilder, hostrun
+print(initbuilder.__file__)' 2>/dev/null || true)"
+  if [ "$installed" != "$INITKIT_ROOT/initbuilder/__init__.py" ] \
+     || ! command -v initbuilder >/dev/null || ! command -v ruff >/dev/null; then
+    echo "initkit: installing the Python package from $INITKIT_ROOT (editable) and its test tools" >&2
     python3 -m pip install -q --disable-pip-version-check -e "$INITKIT_ROOT[test]"
   fi
 }
