@@ -238,10 +238,14 @@ def test_memory_stays_flat_for_a_1gib_file(tmp_path: Path) -> None:
     big = tmp_path / "big"
     with big.open("wb") as fh:
         fh.truncate(1 << 30)  # sparse: a GiB to stream, no GiB on disk
+    # One zstd worker: multi-threaded zstd buffers jobs of its own, which is zstd's
+    # business; what is checked here is that the writer streams the file.
     script = f"""
 import resource
+from initbuilder import cpio
 from initbuilder.image import Image
 from initbuilder.cpio import write_initrd
+cpio._zstd_workers = lambda: 1
 image = Image()
 image.add_file("big", host={str(big)!r})
 write_initrd(image, {str(tmp_path / 'out.zst')!r})
@@ -249,7 +253,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
     peak_kib = int(subprocess.run([sys.executable, "-c", script], capture_output=True,
                                   text=True, check=True).stdout)
-    assert peak_kib < 200 * 1024, f"peak RSS {peak_kib} KiB while streaming 1 GiB"
+    assert peak_kib < 128 * 1024, f"peak RSS {peak_kib} KiB while streaming 1 GiB"
     assert [m.size for m in read_initrd(tmp_path / "out.zst") if m.path == "big"] == [1 << 30]
 
 
