@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,14 @@ def need(*programs: str) -> str:
         if not found:
             missing_part(f"{program} is not installed")
     return found
+
+
+def unpack_with_cpio(initrd: Path, into: Path) -> Path:
+    """Unpack ``initrd`` (uncompressed newc) into the new directory ``into`` with GNU
+    cpio: a reader independent of ours, which keeps hard links and modes. Returns ``into``."""
+    cpio = need("cpio")
+    into.mkdir()
+    with initrd.open("rb") as stream:
+        subprocess.run([cpio, "-idm", "--quiet", "--no-absolute-filenames"], stdin=stream,
+                       cwd=into, check=True, capture_output=True, timeout=120)
+    return into

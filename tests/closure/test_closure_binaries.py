@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from elf_fixtures import Builder, host_is_x86_64_glibc, host_libc_tree
-from realparts import missing_part, need
+from realparts import missing_part, unpack_with_cpio
 
 from initbuilder.binaries import BinaryAdder
 from initbuilder.closure import Resolver, add_binaries
@@ -29,15 +29,9 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def unpack(image: Image, where: Path) -> Path:
     """Write ``image`` as a real initrd and unpack it with cpio, as the kernel would."""
-    need("cpio")
     initrd = where / "initrd.cpio"
     write_initrd(image, initrd, compression="none")
-    tree = where / "unpacked"
-    tree.mkdir()
-    with open(initrd, "rb") as data:
-        subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], stdin=data,
-                       cwd=tree, check=True, capture_output=True)
-    return tree
+    return unpack_with_cpio(initrd, where / "unpacked")
 
 
 def run_inside(tree: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from realparts import missing_part
+from realparts import missing_part, unpack_with_cpio
 
 from guest.protocol import ExitStatus, parse_line
 from initbuilder.cpio import write_initrd
@@ -73,12 +73,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     image.add_file("etc/initkit/modules", data=b"/lib/modules/0.0/kernel/missing.ko\n")
     initrd = work / "initrd.cpio"
     write_initrd(image, initrd)
-    unpacked = work / "root"
-    unpacked.mkdir()
-    with initrd.open("rb") as stream:
-        subprocess.run(["cpio", "-id", "--quiet"], stdin=stream, cwd=unpacked, check=True,
-                       timeout=60)
-    return unpacked
+    return unpack_with_cpio(initrd, work / "root")
 
 
 def boot(root: Path, cmdline: str, *, store: str = "/teststore"

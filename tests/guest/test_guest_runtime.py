@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from realparts import missing_part
+from realparts import missing_part, unpack_with_cpio
 
 from initbuilder import runtime
 from initbuilder.cpio import write_initrd
@@ -174,11 +174,7 @@ def test_runtime_starts_from_the_unpacked_initrd(image: Image, tmp_path: Path) -
         missing_part("needs root for chroot and cpio to unpack")
     initrd = tmp_path / "initrd.cpio"
     write_initrd(image, initrd)
-    root = tmp_path / "root"
-    root.mkdir()
-    with initrd.open("rb") as stream:
-        subprocess.run(["cpio", "-id", "--quiet"], stdin=stream, cwd=root, check=True,
-                       timeout=60)
+    root = unpack_with_cpio(initrd, tmp_path / "root")
     code = ("import sys, guest.__main__, guest.system; guest.system.System(); "
             "print(sys.prefix, sys.exec_prefix, sys.flags.utf8_mode, "
             "sorted(m for m in sys.modules if m.startswith('ctypes')))")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from realparts import unpack_with_cpio
 
 from initbuilder.reader import read_initrd
 
@@ -81,9 +82,7 @@ def test_busybox_applets_are_linked_and_run(tmp_path: Path) -> None:
     members = {m.path: m for m in read_initrd(out)}
     linked = {p.rsplit("/", 1)[-1] for p, m in members.items() if m.target == "/bin/busybox"}
     assert set(applets) - {"busybox"} <= linked
-    root = tmp_path / "root"
-    root.mkdir()
-    subprocess.run(["cpio", "-idm", "--quiet"], stdin=out.open("rb"), cwd=root, check=True)
+    root = unpack_with_cpio(out, tmp_path / "root")
     if os.geteuid() == 0:
         echoed = subprocess.run(["chroot", str(root), "/bin/sh", "-c", "echo ok from sh"],
                                 capture_output=True, text=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import libarchive
 import pytest
-from realparts import need
+from realparts import need, unpack_with_cpio
 
 from initbuilder.cpio import COMPRESSIONS, write_initrd
 from initbuilder.errors import InitkitError
@@ -91,13 +91,10 @@ def test_gnu_cpio_and_bsdtar_agree(tmp_path: Path) -> None:
 
 
 def test_hardlinks_survive_extraction(tmp_path: Path) -> None:
-    cpio = need("cpio")
     image = sample_image(tmp_path)
     out = tmp_path / "initrd.cpio"
     write_initrd(image, out)
-    root = tmp_path / "x"
-    root.mkdir()
-    subprocess.run([cpio, "-idm", "--quiet"], stdin=out.open("rb"), cwd=root, check=True)
+    root = unpack_with_cpio(out, tmp_path / "x")
     names = [root / "bin/prog", root / "bin/prog-alias", root / "sbin/prog2"]
     inodes = {p.stat().st_ino for p in names}
     assert len(inodes) == 1 and names[0].stat().st_nlink == 3
