@@ -87,8 +87,9 @@ def startup(work: Path, runs: int) -> dict[str, float]:
     python = f"{PREFIX}/bin/python{VERSION}"
     rows = {
         "chroot: python -IS -c pass": [chroot, str(root), python, "-IS", "-c", "pass"],
-        "chroot: python -IS, import the guest (ctypes included)":
-            [chroot, str(root), python, "-IS", "-c", "import guest.__main__"],
+        "chroot: python -IS, import the guest, bind libc":
+            [chroot, str(root), python, "-IS", "-c",
+             "import guest.__main__, guest.system; guest.system.System()"],
         "host: this python -I -S -c pass (full install)":
             [chroot, "/", sys.executable, "-I", "-S", "-c", "pass"],
     }

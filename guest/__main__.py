@@ -6,7 +6,7 @@ Whatever fails is printed, reported as status 125, and the machine powers off.
 
 from __future__ import annotations
 
-import os
+import posix  # not os: importing it costs every boot (guest/system.py)
 import sys
 import time
 
@@ -22,7 +22,7 @@ def main(started: float | None = None) -> None:
     """Run as PID 1; refuse anywhere else (it would mount over and power off a host).
     ``started``: when /init began, before importing the guest (seconds since boot)."""
     imported = time.clock_gettime(time.CLOCK_BOOTTIME)
-    if os.getpid() != 1:
+    if posix.getpid() != 1:
         sys.stderr.write("guest: this is a VM's init; it runs only as PID 1 (it mounts "
                          "file systems and powers the machine off)\n")
         raise SystemExit(1)
@@ -67,7 +67,7 @@ def finish(system: System | None, outcome: Outcome) -> None:
         if system is not None:
             system.write_out(record)
         else:
-            os.write(1, record)
+            posix.write(1, record)
     except BaseException as exc:
         _report_crash(exc)
     try:

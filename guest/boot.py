@@ -68,11 +68,12 @@ def boot(system: System, outcome: Outcome, started: float,
     /init's code began, ``imported`` when the guest package had been imported."""
     timeline = Timeline(system, started)
     if imported is not None:
-        timeline.marks.append(("import the guest package (ctypes included)", imported))
+        timeline.marks.append(("import the guest package", imported))
     run_steps(steps.early_steps(), system, timeline)
     cmdline = parse(system.read_cmdline())
     plan = steps.make_plan(cmdline, modules=system.read_text(steps.MODULE_LIST),
-                           shell=system.find_shell(), environ=system.environ())
+                           shell=system.find_shell(), environ=system.environ(),
+                           applets=system.read_text(steps.APPLET_LIST))
     outcome.nonce = plan.nonce
     timeline.mark("read the command line and plan")
     for warning in plan.warnings:
@@ -137,6 +138,8 @@ def _label(step: steps.Step) -> str:
         return f"open console {step.path}"
     if isinstance(step, steps.Symlink):
         return f"link {step.path}"
+    if isinstance(step, steps.LinkAll):
+        return f"link {len(step.paths)} paths to {step.target}"
     return f"create {step.path}"
 
 
@@ -149,6 +152,8 @@ def _run_step(step: steps.Step, system: System) -> None:
         system.ensure_console(step.path)
     elif isinstance(step, steps.Symlink):
         system.symlink(step.path, step.target)
+    elif isinstance(step, steps.LinkAll):
+        system.link_all(step.paths, step.target)
     elif isinstance(step, steps.LoadModule):
         system.load_module(step.path)
     elif isinstance(step, steps.MakeDir):

@@ -23,6 +23,10 @@ MNT_DETACH = 0x2  # umount2(2)
 STORE = "/nix/store"
 DEFAULT_TAG = "tvix"
 MODULE_LIST = "/etc/initkit/modules"
+# Busybox applet paths the init links to BUSYBOX at boot (initbuilder writes the list
+# instead of archive entries: see initbuilder/sources.py add_busybox).
+APPLET_LIST = "/etc/initkit/applets"
+BUSYBOX = "/bin/busybox"
 NEW_ROOT = "/sysroot"
 # Directories an init= switch carries into the new root (NixOS's stage 1 does the same).
 CARRIED_MOUNTS = ("/dev", "/proc", "/sys", "/run")
@@ -96,6 +100,17 @@ class Symlink(_Record):
         self.target = target
 
 
+class LinkAll(_Record):
+    """Link each of ``paths`` to ``target`` (busybox's applets); a path that exists is
+    left alone, so what the initrd has at that path wins."""
+
+    __slots__ = ("paths", "target")
+
+    def __init__(self, paths: tuple[str, ...], target: str) -> None:
+        self.paths = paths
+        self.target = target
+
+
 class LoadModule(_Record):
     """finit_module(2) one .ko; a failure is reported with its errno, the boot goes on."""
 
@@ -156,7 +171,7 @@ class Fail(_Record):
         self.status = status
 
 
-Step = Mount | Console | Symlink | LoadModule | MakeDir
+Step = Mount | Console | Symlink | LinkAll | LoadModule | MakeDir
 Action = ListTree | Spawn | SwitchRoot | Fail
 
 
@@ -193,7 +208,8 @@ def early_steps() -> tuple[Step, ...]:
 
 
 def module_paths(listing: str | None) -> tuple[str, ...]:
-    """The load list (/etc/initkit/modules): one path a line; blanks and #comments skipped."""
+    """A path list such as the load list (/etc/initkit/modules) or the applet list: one
+    path a line; blanks and #comments skipped."""
     if not listing:
         return ()
     lines = (line.strip() for line in listing.splitlines())
@@ -202,11 +218,12 @@ def module_paths(listing: str | None) -> tuple[str, ...]:
 
 def make_plan(cmdline: Cmdline, *, modules: str | None = None,
               shell: tuple[str, ...] | None = None,
-              environ: dict[str, str] | None = None) -> Plan:
+              environ: dict[str, str] | None = None, applets: str | None = None) -> Plan:
     """The steps after early_steps() and the action the command line asks for.
 
     ``modules`` is the text of the load list, ``shell`` the argv prefix that runs the
-    initrd's shell (None without one), ``environ`` the environment the kernel gave init.
+    initrd's shell (None without one), ``environ`` the environment the kernel gave init,
+    ``applets`` the text of the applet list.
     """
     environ = dict(environ or {})
     warnings = [f"unknown key {p.key!r} on the kernel command line; ignored"
@@ -223,7 +240,11 @@ def make_plan(cmdline: Cmdline, *, modules: str | None = None,
     # Only an interactive shell is still useful without the store.
     store_needed = not (isinstance(action, Spawn) and action.what == "shell")
     store_needed = store_needed and not isinstance(action, Fail)
-    steps: list[Step] = [LoadModule(path) for path in module_paths(modules)]
+    steps: list[Step] = []
+    applet_paths = module_paths(applets)
+    if applet_paths:
+        steps.append(LinkAll(applet_paths, BUSYBOX))
+    steps.extend(LoadModule(path) for path in module_paths(modules))
     steps.append(MakeDir(STORE))
     steps.extend(_store_mounts(cmdline, fatal=store_needed))
     return Plan(tuple(steps), action, nonce, cmdline.has("initkit.debug"), tuple(warnings),

@@ -10,7 +10,7 @@ that merely looks like a record, from another run, never matches.
 
 from __future__ import annotations
 
-import os
+import posix  # not os: importing it costs every boot (guest/system.py)
 
 PREFIX = "initkit-status"
 NONCE_KEY = "initkit.nonce"
@@ -49,9 +49,9 @@ class ExitStatus:
     @classmethod
     def from_wait(cls, status: int) -> ExitStatus:
         """Decode a waitpid() status of a child that has ended."""
-        if os.WIFSIGNALED(status):
-            return cls.killed(os.WTERMSIG(status))
-        return cls.exited(os.WEXITSTATUS(status))
+        if posix.WIFSIGNALED(status):
+            return cls.killed(posix.WTERMSIG(status))
+        return cls.exited(posix.WEXITSTATUS(status))
 
     @property
     def success(self) -> bool:

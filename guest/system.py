@@ -1,16 +1,18 @@
 """The only module that touches the OS: mounts, modules, processes, power, the console.
 
-Everything goes through os and ctypes (libc's mount, umount2, syscall, ioctl, reboot).
+Everything goes through posix and libc (mount, umount2, syscall, ioctl, reboot), called
+through _ctypes, the C half of ctypes (see _libc_functions). posix is what os wraps:
+importing os (with posixpath, _collections_abc, stat) costs ~14 ms of every boot under
+TCG, and PID 1 needs none of its Python layer but the few helpers at the end of this file.
 Tests pass a recording fake with the same methods to guest.boot instead.
 """
 
 from __future__ import annotations
 
 import _signal  # the public signal module imports enum, which costs at every boot
-import ctypes
 import errno
 import io
-import os
+import posix  # not os: see the module docstring
 import stat
 import sys
 import time
@@ -18,6 +20,7 @@ import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which is slow at boot
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Any
 
 # reboot(2) commands (linux/reboot.h).
 RB_POWER_OFF = 0x4321FEDC
@@ -49,19 +52,14 @@ class System:
     """The real operating system, as PID 1 sees it."""
 
     def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._mount = libc.mount
-        self._mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                                ctypes.c_ulong, ctypes.c_char_p]
-        self._umount2 = libc.umount2
-        self._umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        self._syscall = libc.syscall
-        self._syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_long]
-        self._ioctl = libc.ioctl
-        self._ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_long]
-        self._reboot = libc.reboot
-        self._reboot.argtypes = [ctypes.c_int]
-        self._machine = os.uname().machine
+        libc = _libc_functions()
+        self._mount = libc["mount"]
+        self._umount2 = libc["umount2"]
+        self._syscall = libc["syscall"]
+        self._ioctl = libc["ioctl"]
+        self._reboot = libc["reboot"]
+        self._get_errno = libc["get_errno"]
+        self._machine = posix.uname().machine
 
     # -- time and output -------------------------------------------------------------
     @staticmethod
@@ -74,13 +72,13 @@ class System:
         """When the kernel exec'd init, in seconds since boot, from its "Run /init as init
         process" record in /dev/kmsg (PID 1's own start time is the kernel thread's)."""
         try:
-            fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = posix.open("/dev/kmsg", posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
         except OSError:
             return None
         try:
             while True:
                 try:
-                    record = os.read(fd, 8192)
+                    record = posix.read(fd, 8192)
                 except BlockingIOError:
                     return None
                 except BrokenPipeError:  # records overwritten while reading: go on
@@ -91,7 +89,7 @@ class System:
         except (OSError, IndexError, ValueError):
             return None
         finally:
-            os.close(fd)
+            posix.close(fd)
 
     @staticmethod
     def say(message: str) -> None:
@@ -109,7 +107,7 @@ class System:
                 stream.flush()
         view = memoryview(data)
         while view:
-            written = os.write(1, view)
+            written = posix.write(1, view)
             view = view[written:]
 
     @staticmethod
@@ -127,13 +125,13 @@ class System:
         initrd's console node (now hidden by devtmpfs) so ttyname() works; then make
         sure Python has streams on them."""
         try:
-            console = os.stat(path)
+            console = posix.stat(path)
         except OSError:
             console = None
         stale = []
         for fd in (0, 1, 2):
             try:
-                st = os.fstat(fd)
+                st = posix.fstat(fd)
             except OSError:
                 stale.append(fd)
                 continue
@@ -145,11 +143,11 @@ class System:
             for stream in (sys.stdout, sys.stderr):
                 if stream is not None:
                     stream.flush()
-            fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+            fd = posix.open(path, posix.O_RDWR | posix.O_NOCTTY)
             for target in stale:
-                os.dup2(fd, target)
+                posix.dup2(fd, target)
             if fd > 2:
-                os.close(fd)
+                posix.close(fd)
         # These streams live as long as PID 1, so no context manager.
         if sys.stdout is None:
             sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
@@ -164,7 +162,7 @@ class System:
     # -- files ------------------------------------------------------------------------
     @staticmethod
     def read_cmdline() -> bytes:
-        test = os.environb.get(CMDLINE_ENV.encode())
+        test = posix.environ.get(CMDLINE_ENV.encode())
         if test is not None:
             return test
         with open("/proc/cmdline", "rb") as f:
@@ -182,24 +180,41 @@ class System:
     @staticmethod
     def environ() -> dict[str, str]:
         """The environment the kernel gave init (HOME, TERM, unknown key=value words)."""
-        return dict(os.environ)
+        return {_fsdecode(k): _fsdecode(v) for k, v in posix.environ.items()}
 
     @staticmethod
     def find_shell() -> tuple[str, ...] | None:
         """The argv prefix that runs the initrd's shell, or None without one."""
         for argv in SHELL_CANDIDATES:
-            if os.access(argv[0], os.X_OK):
+            if posix.access(argv[0], posix.X_OK):
                 return argv
         return None
 
     @staticmethod
     def make_dir(path: str) -> None:
-        os.makedirs(path, mode=0o755, exist_ok=True)
+        _make_dirs(path)
 
     @staticmethod
     def symlink(path: str, target: str) -> None:
-        if not os.path.lexists(path):
-            os.symlink(target, path)
+        if not _lexists(path):
+            posix.symlink(target, path)
+
+    @staticmethod
+    def link_all(paths: tuple[str, ...], target: str) -> None:
+        """Symlink each path to ``target``, leaving existing paths alone; after trying
+        them all, raise the first failure, its message saying how many failed."""
+        failed: list[tuple[str, OSError]] = []
+        for path in paths:
+            try:
+                posix.symlink(target, path)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                failed.append((path, exc))
+        if failed:
+            path, first = failed[0]
+            raise OSError(first.errno, f"{first.strerror} ({len(failed)} of {len(paths)} "
+                                       "paths failed)", path)
 
     @staticmethod
     def walk(root: bytes) -> Iterator[tuple[bytes, OSError | None]]:
@@ -210,7 +225,7 @@ class System:
         while stack:
             top = stack.pop()
             try:
-                with os.scandir(top) as it:
+                with posix.scandir(top) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
                 yield top, exc
@@ -228,29 +243,29 @@ class System:
     # -- mounts and modules -----------------------------------------------------------
     def mount(self, source: str, target: str, fstype: str | None, flags: int,
               data: str) -> None:
-        ret = self._mount(os.fsencode(source), os.fsencode(target),
+        ret = self._mount(_fsencode(source), _fsencode(target),
                           None if fstype is None else fstype.encode(), flags,
                           data.encode() if data else None)
         if ret != 0:
-            _raise_errno(target)
+            _raise_errno(self._get_errno(), target)
 
     def umount(self, target: str, flags: int = 0) -> None:
-        if self._umount2(os.fsencode(target), flags) != 0:
-            _raise_errno(target)
+        if self._umount2(_fsencode(target), flags) != 0:
+            _raise_errno(self._get_errno(), target)
 
     def load_module(self, path: str) -> None:
         """finit_module(2) a plain .ko; EEXIST (already loaded) counts as success."""
         number = _FINIT_MODULE.get(self._machine)
         if number is None:
             raise OSError(errno.ENOSYS, f"finit_module: unknown machine {self._machine}", path)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
         try:
             if self._syscall(number, fd, b"", 0) != 0:
-                err = ctypes.get_errno()
+                err = self._get_errno()
                 if err != errno.EEXIST:
-                    raise OSError(err, os.strerror(err), path)
+                    raise OSError(err, posix.strerror(err), path)
         finally:
-            os.close(fd)
+            posix.close(fd)
 
     # -- processes --------------------------------------------------------------------
     @staticmethod
@@ -270,38 +285,38 @@ class System:
             if stream is not None:
                 stream.flush()
         ctty = _TIOCSCTTY.get(self._machine, _GENERIC_TIOCSCTTY)
-        read_end, write_end = os.pipe()  # both close-on-exec
-        pid = os.fork()
+        read_end, write_end = posix.pipe()  # both close-on-exec
+        pid = posix.fork()
         if pid == 0:  # the child: nothing in here may return into the parent's code
             code = 127
             try:
-                os.close(read_end)
-                os.setsid()
-                if os.isatty(0):
+                posix.close(read_end)
+                posix.setsid()
+                if posix.isatty(0):
                     self._ioctl(0, ctty, 1)  # steal the console if a session had it
                 # Ignored signals survive exec; Python ignores these two for itself.
                 for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):
                     _signal.signal(signum, _signal.SIG_DFL)
-                os.execvpe(argv[0], list(argv), env)
+                _execvpe(argv[0], list(argv), env)
             except OSError as exc:
-                os.write(write_end, str(exc.errno or errno.EIO).encode())
+                posix.write(write_end, str(exc.errno or errno.EIO).encode())
             except BaseException:
-                os.write(write_end, str(errno.EIO).encode())
+                posix.write(write_end, str(errno.EIO).encode())
             finally:
-                os._exit(code)
-        os.close(write_end)
+                posix._exit(code)
+        posix.close(write_end)
         with open(read_end, "rb") as pipe:
             reply = pipe.read()
         if reply:
-            os.waitpid(pid, 0)
+            posix.waitpid(pid, 0)
             err = int(reply)
-            raise OSError(err, os.strerror(err), argv[0])
+            raise OSError(err, posix.strerror(err), argv[0])
         return pid
 
     @staticmethod
     def wait_any() -> tuple[int, int]:
         """Block until some child ends: (pid, wait status). ChildProcessError if none."""
-        return os.waitpid(-1, 0)
+        return posix.waitpid(-1, 0)
 
     def end_all(self, grace: float) -> list[tuple[int, int]]:
         """SIGTERM every other process, reap, SIGKILL what is left after ``grace`` s.
@@ -310,13 +325,13 @@ class System:
         for signum, limit in ((_signal.SIGTERM, grace), (_signal.SIGKILL, grace)):
             # contextlib.suppress would cost an import at every boot.
             try:  # noqa: SIM105
-                os.kill(-1, signum)
+                posix.kill(-1, signum)
             except ProcessLookupError:
                 pass
             deadline = self.now() + limit
             while True:
                 try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
+                    pid, status = posix.waitpid(-1, posix.WNOHANG)
                 except ChildProcessError:
                     return reaped
                 if pid:
@@ -330,47 +345,47 @@ class System:
     # -- switching root and powering off ------------------------------------------------
     @staticmethod
     def exists(path: str) -> bool:
-        return os.path.lexists(path)
+        return _lexists(path)
 
     @staticmethod
     def remove_tree_on_root(keep: str) -> int:
         """Delete the initramfs's files (as switch_root does, to free its memory),
         staying on the root's device and sparing ``keep``. Returns how many failed."""
         failures = 0
-        root_dev = os.lstat("/").st_dev
+        root_dev = posix.lstat("/").st_dev
         stack = [("/", False)]
         while stack:
             path, listed = stack.pop()
             if listed:
                 try:
-                    os.rmdir(path)
+                    posix.rmdir(path)
                 except OSError as exc:
                     # Still holding a mount point, which stays: expected, not a failure.
                     failures += exc.errno not in (errno.ENOTEMPTY, errno.EBUSY)
                 continue
             if path != "/":
                 stack.append((path, True))
-            for name in os.listdir(path):
-                child = os.path.join(path, name)
+            for name in posix.listdir(path):
+                child = path.rstrip("/") + "/" + name
                 try:
-                    st = os.lstat(child)
+                    st = posix.lstat(child)
                     if st.st_dev != root_dev or child == keep:
                         continue
                     if stat.S_ISDIR(st.st_mode):
                         stack.append((child, False))
                     else:
-                        os.unlink(child)
+                        posix.unlink(child)
                 except OSError:
                     failures += 1
         return failures
 
     @staticmethod
     def chdir(path: str) -> None:
-        os.chdir(path)
+        posix.chdir(path)
 
     @staticmethod
     def chroot(path: str) -> None:
-        os.chroot(path)
+        posix.chroot(path)
 
     @staticmethod
     def execve(argv: tuple[str, ...], env: dict[str, str]) -> None:
@@ -380,16 +395,128 @@ class System:
                 stream.flush()
         for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(signum, _signal.SIG_DFL)
-        os.execve(argv[0], list(argv), env)
+        posix.execve(argv[0], list(argv), env)
 
     def power_off(self) -> None:
         """sync(2), then reboot(2) POWER_OFF; returns only if the kernel refused."""
-        os.sync()
+        posix.sync()
         if self._reboot(RB_POWER_OFF) != 0:
-            _raise_errno("reboot")
+            _raise_errno(self._get_errno(), "reboot")
 
 
 
-def _raise_errno(what: str) -> None:
-    err = ctypes.get_errno()
-    raise OSError(err, os.strerror(err), what)
+def _raise_errno(err: int, what: str) -> None:
+    raise OSError(err, posix.strerror(err), what)
+
+
+# libc's functions and their C signatures: "i" int, "l" long, "L" unsigned long,
+# "z" char * (bytes or None).
+LIBC_SIGNATURES = {
+    "mount": ("z", "z", "z", "L", "z"),
+    "umount2": ("z", "i"),
+    "syscall": ("l", "l", "z", "l"),  # finit_module(fd, params, flags)
+    "ioctl": ("i", "L", "l"),
+    "reboot": ("i",),
+}
+
+
+def _libc_functions(lean: bool = True) -> dict[str, Any]:
+    """The functions of LIBC_SIGNATURES (each returns int and keeps errno for
+    "get_errno"), bound through _ctypes, the C half of ctypes.
+
+    Importing the ctypes package costs ~25 ms of every boot under TCG (its Python
+    layer, struct, types) for five functions; _ctypes gives them directly. Its
+    interface (CFuncPtr, _SimpleCData, dlopen) is CPython's own rather than a
+    documented one, so any surprise there falls back to the ctypes package.
+    """
+    if lean:
+        try:
+            return _bind_with_ctypes_core()
+        except (ImportError, AttributeError, TypeError):
+            pass
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    types = {"i": ctypes.c_int, "l": ctypes.c_long, "L": ctypes.c_ulong,
+             "z": ctypes.c_char_p}
+    functions: dict[str, Any] = {"get_errno": ctypes.get_errno}
+    for name, signature in LIBC_SIGNATURES.items():
+        function = getattr(libc, name)
+        function.argtypes = [types[code] for code in signature]
+        function.restype = ctypes.c_int
+        functions[name] = function
+    return functions
+
+
+def _bind_with_ctypes_core() -> dict[str, Any]:
+    import _ctypes
+
+    # ctypes.c_int and friends are these same one-line classes.
+    types = {code: type(f"c_{code}", (_ctypes._SimpleCData,), {"_type_": code})
+             for code in "ilLz"}
+
+    class Function(_ctypes.CFuncPtr):  # what ctypes.CDLL(None, use_errno=True) makes
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = types["i"]
+
+    class Library:  # CFuncPtr((name, library)) looks the name up in library._handle
+        _handle = _ctypes.dlopen(None, 0)
+
+    functions: dict[str, Any] = {"get_errno": _ctypes.get_errno}
+    for name, signature in LIBC_SIGNATURES.items():
+        function = Function((name, Library))
+        function.argtypes = [types[code] for code in signature]
+        functions[name] = function
+    return functions
+
+
+# -- what os adds to posix, for the guest's few uses -----------------------------------
+# The guest's Python runs in UTF-8 mode (the kernel gives init no locale), so file names
+# and the environment are UTF-8, undecodable bytes kept as surrogates (os.fsencode).
+def _fsencode(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _fsdecode(name: bytes) -> str:
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _lexists(path: str) -> bool:
+    try:
+        posix.lstat(path)
+    except OSError:
+        return False
+    return True
+
+
+def _make_dirs(path: str, mode: int = 0o755) -> None:
+    """mkdir -p (os.makedirs with exist_ok=True)."""
+    parts = [part for part in path.split("/") if part]
+    current = ""
+    for part in parts:
+        current += "/" + part
+        try:
+            posix.mkdir(current, mode)
+        except FileExistsError:
+            if not stat.S_ISDIR(posix.stat(current).st_mode):
+                raise
+        except OSError:
+            if not _lexists(current):  # e.g. a read-only parent; EEXIST wins as in os
+                raise
+
+
+def _execvpe(file: str, args: list[str], env: dict[str, str]) -> None:
+    """os.execvpe: exec ``file``, searched on env's PATH unless it has a slash; raises
+    the most telling error (anything but ENOENT/ENOTDIR beats them, as in os)."""
+    if "/" in file:
+        posix.execve(file, args, env)
+    error: OSError | None = None
+    for directory in env.get("PATH", "/bin:/usr/bin").split(":"):
+        try:
+            posix.execve(f"{directory or '.'}/{file}", args, env)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            error = error or exc
+        except OSError as exc:
+            error = exc if error is None or isinstance(
+                error, FileNotFoundError | NotADirectoryError) else error
+    raise error or FileNotFoundError(errno.ENOENT, posix.strerror(errno.ENOENT), file)

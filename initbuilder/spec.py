@@ -164,7 +164,7 @@ def _add_busybox(image: Image, busybox: Path, spec: BuildSpec) -> None:
     """A static busybox goes in as is; a dynamic one brings its libraries."""
     from initbuilder.elf import read_elf
 
-    sources.add_busybox(image, busybox)
+    sources.add_busybox(image, busybox, links_at_boot=spec.init)
     if read_elf(str(busybox)).interpreter:
         from initbuilder.closure import add_binaries
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -82,3 +83,19 @@ def test_store_is_read_only_in_the_guest(vm: VmRunner, store: Store) -> None:
     assert result.exit_code != 0, result.describe()
     assert "Read-only file system" in result.output
     assert not (store.root / store.docs.rsplit("/", 1)[1] / "new").exists()
+
+
+def test_guest_cpu_model_and_applets_linked_at_boot(vm: VmRunner, store: Store) -> None:
+    """The TCG CPU model keeps AVX2 and RDRAND but not ERMS/FSRM (hostrun/vmm.py); the
+    default initrd's applet links are made by the init at boot (initbuilder/sources.py)."""
+    result = vm.sh("grep -o -w -E 'erms|fsrm|avx2|rdrand' /proc/cpuinfo | sort -u; "
+                   "for f in /bin/cat /usr/sbin/chroot /bin/sh; do readlink $f; done; "
+                   "ls /nix/store | cat",
+                   store=store.root)
+    assert result.exit_code == 0, result.describe()
+    lines = result.output.split()
+    assert "avx2" in lines and "rdrand" in lines, result.describe()
+    assert "erms" not in lines and "fsrm" not in lines, result.describe()
+    if os.environ.get("HOSTRUN_E2E_INITRD", "") == "":  # hostrun's default initrd
+        assert lines.count("/bin/busybox") == 3, result.describe()
+    assert store.docs.rsplit("/", 1)[1] in lines

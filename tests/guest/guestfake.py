@@ -83,6 +83,9 @@ class FakeSystem:
     def symlink(self, path: str, target: str) -> None:
         self._record("symlink", path, target)
 
+    def link_all(self, paths: tuple[str, ...], target: str) -> None:
+        self._record("link_all", paths, target)
+
     def walk(self, root: bytes) -> Iterator[tuple[bytes, OSError | None]]:
         self._record("walk", root)
         yield from self.tree

@@ -45,6 +45,16 @@ def test_sequence_devtmpfs_first_modules_then_store_then_action(fake: FakeSystem
     assert (outcome.nonce, outcome.status) == (NONCE, ExitStatus.exited(0))
 
 
+def test_applets_are_linked_before_the_modules(fake: FakeSystem) -> None:
+    fake.files[p.MODULE_LIST] = "/lib/modules/v/a.ko\n"
+    fake.files[p.APPLET_LIST] = "/bin/ls\n/sbin/poweroff\n"
+    fake.waits = [(100, wait_status_exit(0))]
+    booted(fake, f"tvix.exec={HELLO}")
+    order = [(n, a) for n, a in fake.calls if n in ("link_all", "load_module")]
+    assert order == [("link_all", (("/bin/ls", "/sbin/poweroff"), "/bin/busybox")),
+                     ("load_module", ("/lib/modules/v/a.ko",))]
+
+
 def test_missing_module_is_reported_with_errno_and_boot_goes_on(fake: FakeSystem) -> None:
     fake.files[p.MODULE_LIST] = "/lib/modules/v/gone.ko\n/lib/modules/v/b.ko\n"
     fake.module_errors["/lib/modules/v/gone.ko"] = errno.ENOENT

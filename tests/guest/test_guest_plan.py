@@ -48,6 +48,14 @@ def test_no_module_list_means_no_module_steps() -> None:
     assert p.module_paths(None) == ()
 
 
+def test_applet_list_is_linked_first_in_one_step() -> None:
+    plan = p.make_plan(parse(b"tvix.find"), modules="/lib/modules/v/a.ko\n",
+                       applets="/bin/ls\n\n# from busybox --list-full\n/usr/bin/env\n")
+    assert plan.steps[:2] == (p.LinkAll(("/bin/ls", "/usr/bin/env"), "/bin/busybox"),
+                              p.LoadModule("/lib/modules/v/a.ko"))
+    assert not any(isinstance(s, p.LinkAll) for s in make("tvix.find").steps)
+
+
 def test_tag_override() -> None:
     store = make("tvix.find tvix.tag=store2").steps[-1]
     assert isinstance(store, p.Mount)

@@ -177,11 +177,11 @@ def test_runtime_starts_from_the_unpacked_initrd(image: Image, tmp_path: Path) -
     root = unpack_with_cpio(initrd, tmp_path / "root")
     code = ("import sys, guest.__main__, guest.system; guest.system.System(); "
             "print(sys.prefix, sys.exec_prefix, sys.flags.utf8_mode, "
-            "sorted(m for m in sys.modules if m.startswith('ctypes')))")
+            "sorted(m for m in sys.modules if 'ctypes' in m))")
     proc = subprocess.run([shutil.which("chroot") or "chroot", str(root),
                            f"{PREFIX}/bin/python{VERSION}", "-IS", "-c", code],
                           capture_output=True, text=True, timeout=60, env={})
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no "Could not find platform libraries" warnings
     assert proc.stdout.split(" ", 3) == [PREFIX, PREFIX, "1",
-                                         "['ctypes', 'ctypes._endian']\n"]
+                                         "['_ctypes']\n"]  # not the ctypes package

@@ -167,3 +167,30 @@ def test_help_teaches() -> None:
     for option in ("--file", "--busybox", "--base", "--compress", "--source-date-epoch",
                    "--verbose", "Examples"):
         assert option in proc.stdout
+
+
+def test_applets_linked_at_boot_are_listed_not_archived() -> None:
+    """With initkit's init, only /bin/sh is an archive entry; the other applets are
+    listed for the init, minus paths the image already has (they win, as links would)."""
+    from initbuilder.image import Image, Kind
+    from initbuilder.sources import APPLET_LIST, add_busybox, add_skeleton
+
+    bb = busybox()
+    image = Image()
+    add_skeleton(image)
+    image.add_file("bin/cat", data=b"#!/bin/sh\n", mode=0o755, source="explicit")
+    applets = add_busybox(image, Path(bb), links_at_boot=True)
+    sh = image.get("bin/sh")
+    assert sh is not None and sh.kind is Kind.SYMLINK and sh.target == "/bin/busybox"
+    links = [p for p, e in image.items() if e.kind is Kind.SYMLINK and e.target == "/bin/busybox"]
+    assert links == ["bin/sh"]
+    listed = image.get(APPLET_LIST)
+    assert listed is not None and listed.data is not None
+    lines = listed.data.decode().splitlines()
+    assert "/bin/ls" in lines and "/usr/sbin/chroot" in lines
+    assert "/bin/cat" not in lines and "/bin/sh" not in lines and "/bin/busybox" not in lines
+    assert len(lines) == len(applets) - 1  # all but bin/sh
+    for line in lines:  # the init can create each link: its directory is in the image
+        parent = line.rsplit("/", 1)[0].lstrip("/")
+        entry = image.get(parent) if parent else None  # "/linuxrc" is in the root
+        assert not parent or (entry is not None and entry.kind is Kind.DIR), line

@@ -1,0 +1,96 @@
+"""guest.system for real on the host: the libc bindings (the lean one through _ctypes,
+which every boot uses, and the ctypes package it falls back to), and link_all."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guest import system
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="getppid is 110 on x86-64")
+@pytest.mark.parametrize("lean", [True, False], ids=["_ctypes", "ctypes"])
+def test_bindings_call_libc_and_keep_errno(lean: bool, tmp_path: Path) -> None:
+    libc = system._libc_functions(lean)
+    assert set(libc) == {*system.LIBC_SIGNATURES, "get_errno"}
+    assert libc["syscall"](110, 0, None, 0) == os.getppid()  # x86-64 getppid
+    missing = os.fsencode(tmp_path / "missing")
+    assert libc["mount"](b"none", missing, b"tmpfs", 0, None) == -1
+    assert libc["get_errno"]() in (errno.ENOENT, errno.EPERM)  # EPERM when not root
+    assert libc["umount2"](missing, 0) == -1
+    assert libc["get_errno"]() in (errno.ENOENT, errno.EPERM)
+
+
+def test_the_init_imports_neither_os_nor_the_ctypes_package() -> None:
+    """Both cost every boot under TCG (~14 and ~25 ms): the guest uses posix and _ctypes."""
+    root = str(Path(system.__file__).resolve().parent.parent)
+    code = (f"import sys; sys.path.insert(0, {root!r}); import guest.__main__; "
+            "from guest import system; system.System(); "
+            "print(sorted(m for m in sys.modules if 'ctypes' in m or m.startswith('os')))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout == "['_ctypes']\n"
+
+
+def test_make_dirs_and_lexists(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "c"
+    system._make_dirs(str(target))
+    system._make_dirs(str(target))  # exists: fine, as with exist_ok=True
+    assert target.is_dir() and system._lexists(str(target))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError):
+        system._make_dirs(str(tmp_path / "file"))
+    os.symlink("nowhere", tmp_path / "dangling")
+    assert system._lexists(str(tmp_path / "dangling"))
+    assert not system._lexists(str(tmp_path / "missing"))
+
+
+def test_execvpe_errors_like_os(tmp_path: Path) -> None:
+    """No exec succeeds here: what is raised when none can (the success path runs in
+    every boot and in test_guest_pid1)."""
+    empty, denied = tmp_path / "empty", tmp_path / "denied"
+    empty.mkdir()
+    denied.mkdir()
+    (denied / "prog").write_text("#!/bin/sh\n")  # not executable: EACCES
+    with pytest.raises(FileNotFoundError):
+        system._execvpe("prog", ["prog"], {"PATH": f"{empty}:{tmp_path}/missing"})
+    path = {"PATH": f"{empty}:{denied}:{tmp_path}/missing"}
+    with pytest.raises(PermissionError):  # EACCES beats the ENOENTs around it, even for root
+        system._execvpe("prog", ["prog"], path)
+    with pytest.raises(FileNotFoundError):
+        system._execvpe(str(empty / "prog"), ["prog"], path)  # a slash: no search
+
+
+def test_fallback_to_ctypes_when_the_core_interface_differs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def changed() -> dict[str, object]:
+        raise AttributeError("module '_ctypes' has no attribute 'CFuncPtr'")
+
+    monkeypatch.setattr(system, "_bind_with_ctypes_core", changed)
+    sys_ = system.System()
+    with pytest.raises(OSError) as info:
+        sys_.umount("/nonexistent-initkit-test")
+    assert info.value.errno in (errno.ENOENT, errno.EPERM, errno.EINVAL)
+    assert info.value.filename == "/nonexistent-initkit-test"
+
+
+def test_link_all_leaves_existing_paths_and_reports_failures(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ls").write_text("a real ls")
+    paths = tuple(str(tmp_path / p) for p in ("bin/ls", "bin/cat", "bin/sh"))
+    system.System.link_all(paths, "/bin/busybox")
+    assert (tmp_path / "bin" / "ls").read_text() == "a real ls"
+    assert os.readlink(tmp_path / "bin" / "cat") == "/bin/busybox"
+    system.System.link_all(paths, "/bin/busybox")  # again: everything exists, no error
+    missing = (str(tmp_path / "nodir/a"), str(tmp_path / "bin/true"), str(tmp_path / "nodir/b"))
+    with pytest.raises(OSError) as info:
+        system.System.link_all(missing, "/bin/busybox")
+    assert info.value.errno == errno.ENOENT and info.value.filename == missing[0]
+    assert "2 of 3 paths failed" in str(info.value)
+    assert os.readlink(tmp_path / "bin" / "true") == "/bin/busybox"  # the others still made
