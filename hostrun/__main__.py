@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from hostrun.cli import main
+from hostrun.cli import entry
 
-main()
+entry()

@@ -14,6 +14,7 @@ import selectors
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -91,6 +92,21 @@ def run(spec: RunSpec, *, sink: Sink = write_stdout, stdin: int | bytes | None =
     return _Run(spec, sink, stdin, interactive, live).run()
 
 
+def _no_input(stdin: int | bytes | None) -> bool:
+    """True if the guest gets no bytes but the final ^D (which a terminal does not echo):
+    no stdin, empty bytes, or /dev/null. The guest's console can then keep its echo, and
+    its init skips loading termios (a few ms of every boot under TCG)."""
+    if stdin is None or stdin == b"":
+        return True
+    if isinstance(stdin, bytes):
+        return False
+    try:
+        st, null = os.fstat(stdin), os.stat(os.devnull)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == null.st_rdev
+
+
 class _Run:
     def __init__(self, spec: RunSpec, sink: Sink, stdin: int | bytes | None,
                  interactive: bool, live: bool) -> None:
@@ -134,7 +150,7 @@ class _Run:
         cmdline = kernel_cmdline(defaults=spec.vmm.cmdline_defaults(spec.accel),
                                  nonce=self.nonce, verbose=spec.verbose, action=spec.action,
                                  extra=spec.extra_cmdline,
-                                 echo=self.stdin is None or self.interactive)
+                                 echo=self.interactive or _no_input(self.stdin))
         config = BootConfig(
             kernel=spec.kernel, initrd=spec.initrd, cmdline=cmdline,
             fs_socket=spec.daemon.socket_path, cpus=spec.cpus, memory_mib=spec.memory_mib,

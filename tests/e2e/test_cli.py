@@ -133,3 +133,16 @@ def test_help_documents_exit_codes() -> None:
     out = subprocess.run(["hostrun", "--help"], capture_output=True, text=True, check=True)
     for code in ("121", "122", "123", "124", "130"):
         assert code in out.stdout
+
+
+def test_dev_null_input_is_end_of_file_and_the_console_keeps_its_echo(
+        hostrun_cli, store: Store) -> None:
+    """The guest reads EOF (the ^D hostrun sends, which a terminal does not echo), so
+    hostrun need not turn the guest console's echo off (the init skips termios)."""
+    run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60", "-vv",
+                              "--run", "cat; echo end")
+    assert run.finish() == 0, run.stderr
+    lines = run.stdout.splitlines()  # -vv: the kernel's messages too, and then ours
+    assert lines.count(b"end") == 1 and b"^D" not in run.stdout, run.stdout
+    assert b"tvix.run=" in run.stderr and b"initkit.noecho" not in run.stderr
+    run.assert_nothing_left()

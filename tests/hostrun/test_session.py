@@ -268,3 +268,22 @@ def test_status_before_timeout_wins_over_it(spec_for, private_tmp: Path,
     outcome, _ = collect(spec_for("status:exit=6;sleep:60", timeout=0.5))
     assert outcome.code == 6
     assert 0.9 < time.monotonic() - started < 5
+
+
+def test_no_input_means_nothing_but_the_final_eof(tmp_path: Path) -> None:
+    """Only then may the guest console keep its echo (no initkit.noecho)."""
+    assert session._no_input(None) and session._no_input(b"")
+    assert not session._no_input(b"ls\n")
+    with open(os.devnull, "rb") as null:
+        assert session._no_input(null.fileno())
+    read_end, write_end = os.pipe()
+    try:
+        assert not session._no_input(read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with empty.open("rb") as f:
+        assert not session._no_input(f.fileno())  # a file may still grow: not assumed
+    assert not session._no_input(999)  # not open: not assumed either
