@@ -13,7 +13,6 @@ import _signal  # the public signal module imports enum, which costs at every bo
 import errno
 import io
 import posix  # not os: see the module docstring
-import stat
 import sys
 import time
 
@@ -135,7 +134,7 @@ class System:
             except OSError:
                 stale.append(fd)
                 continue
-            if (console is not None and stat.S_ISCHR(st.st_mode)
+            if (console is not None and st.st_mode & _S_IFMT == _S_IFCHR
                     and st.st_rdev == console.st_rdev
                     and (st.st_dev, st.st_ino) != (console.st_dev, console.st_ino)):
                 stale.append(fd)
@@ -165,15 +164,13 @@ class System:
         test = posix.environ.get(CMDLINE_ENV.encode())
         if test is not None:
             return test
-        with open("/proc/cmdline", "rb") as f:
-            return f.read()
+        return _read_file("/proc/cmdline")
 
     @staticmethod
     def read_text(path: str) -> str | None:
         """A file's text, or None if it does not exist."""
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                return f.read()
+            return _fsdecode(_read_file(path))
         except FileNotFoundError:
             return None
 
@@ -371,7 +368,7 @@ class System:
                     st = posix.lstat(child)
                     if st.st_dev != root_dev or child == keep:
                         continue
-                    if stat.S_ISDIR(st.st_mode):
+                    if st.st_mode & _S_IFMT == _S_IFDIR:
                         stack.append((child, False))
                     else:
                         posix.unlink(child)
@@ -470,7 +467,22 @@ def _bind_with_ctypes_core() -> dict[str, Any]:
     return functions
 
 
-# -- what os adds to posix, for the guest's few uses -----------------------------------
+# -- what os (and stat) add to posix, for the guest's few uses -------------------------
+_S_IFMT, _S_IFDIR, _S_IFCHR = 0o170000, 0o040000, 0o020000  # st_mode's file type (stat.h)
+
+
+def _read_file(path: str) -> bytes:
+    """The whole file, read with the bare system calls (no io objects)."""
+    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := posix.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        posix.close(fd)
+
+
 # The guest's Python runs in UTF-8 mode (the kernel gives init no locale), so file names
 # and the environment are UTF-8, undecodable bytes kept as surrogates (os.fsencode).
 def _fsencode(name: str) -> bytes:
@@ -498,7 +510,7 @@ def _make_dirs(path: str, mode: int = 0o755) -> None:
         try:
             posix.mkdir(current, mode)
         except FileExistsError:
-            if not stat.S_ISDIR(posix.stat(current).st_mode):
+            if posix.stat(current).st_mode & _S_IFMT != _S_IFDIR:
                 raise
         except OSError:
             if not _lexists(current):  # e.g. a read-only parent; EEXIST wins as in os

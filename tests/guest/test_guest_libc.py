@@ -28,14 +28,24 @@ def test_bindings_call_libc_and_keep_errno(lean: bool, tmp_path: Path) -> None:
 
 
 def test_the_init_imports_neither_os_nor_the_ctypes_package() -> None:
-    """Both cost every boot under TCG (~14 and ~25 ms): the guest uses posix and _ctypes."""
+    """Imports cost every boot under TCG (os ~14 ms, ctypes ~25 ms): the guest uses
+    posix and _ctypes, and reads files without io objects."""
     root = str(Path(system.__file__).resolve().parent.parent)
     code = (f"import sys; sys.path.insert(0, {root!r}); import guest.__main__; "
-            "from guest import system; system.System(); "
-            "print(sorted(m for m in sys.modules if 'ctypes' in m or m.startswith('os')))")
+            "from guest import system; s = system.System(); s.read_text('/proc/cmdline'); "
+            "print(sorted(m for m in sys.modules if m in ('os', 'stat', 'posixpath', "
+            "'_collections_abc', 'termios') or 'ctypes' in m))")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
                          text=True, check=True)
     assert out.stdout == "['_ctypes']\n"
+
+
+def test_read_text_keeps_undecodable_bytes(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"caf\xc3\xa9 \xff\n" * 10000)  # more than one read
+    text = system.System.read_text(str(tmp_path / "f"))
+    assert text is not None and text.encode("utf-8", "surrogateescape") == (
+        b"caf\xc3\xa9 \xff\n" * 10000)
+    assert system.System.read_text(str(tmp_path / "missing")) is None
 
 
 def test_make_dirs_and_lexists(tmp_path: Path) -> None:
