@@ -23,8 +23,10 @@ from initbuilder.spec import build as run_build
                    "at its host path. Repeatable.")
 @click.option("--busybox", "busybox", is_flag=False, flag_value="", default="auto",
               metavar="[PATH]",
-              help="Add busybox as /bin/busybox plus a symlink per applet. Without PATH the "
-                   "busybox on $PATH. Default: added when one is on $PATH.")
+              help="Add busybox as /bin/busybox plus a symlink per applet (with initkit's "
+                   "init: /bin/sh, and the rest listed in /etc/initkit/applets for the init "
+                   "to link at boot, which is faster). Without PATH the busybox on $PATH. "
+                   "Default: added when one is on $PATH.")
 @click.option("--no-busybox", is_flag=True, help="Leave busybox out.")
 @click.option("--base", "bases", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Merge an existing initrd (compressed or not, concatenated archives too). "
