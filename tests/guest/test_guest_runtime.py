@@ -15,7 +15,7 @@ from initbuilder import runtime
 from initbuilder.cpio import write_initrd
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
-from initbuilder.pyimports import imports_of
+from initbuilder.pyimports import compile_package_module, imports_of
 
 PREFIX = runtime.PREFIX
 VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -56,6 +56,24 @@ def test_guarded_imports_are_optional_and_fallbacks_know_their_primary() -> None
     assert ("_py_abc", False, ("_abc",)) in got
 
 
+def test_future_imports_of_our_packages_become_compiler_flags(tmp_path: Path) -> None:
+    """The .pyc keeps PEP 563 semantics but does not import __future__ at run time."""
+    source = ('"""doc"""\nfrom __future__ import annotations\nimport sys\n'
+              "def f(x: NotDefinedAnywhere) -> int | None:\n    return 1\n")
+    assert names(source, everywhere=True) == {("sys", False)}  # our package: not followed
+    assert ("__future__", False) in names(source)  # the standard library's: followed
+    (tmp_path / "m.py").write_text(source)
+    compile_package_module(str(tmp_path / "m.py"), str(tmp_path / "m.pyc"), "/x/m.py", 2)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import m; "
+            "print(m.f.__annotations__, '__future__' in sys.modules, "
+            "hasattr(m, 'annotations'), m.__doc__)")
+    (tmp_path / "m.py").unlink()  # sourceless: the .pyc next to where m.py was
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(tmp_path)],
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout == ("{'x': 'NotDefinedAnywhere', 'return': 'int | None'} "
+                           "False False None\n")  # -OO: no docstring
+
+
 def test_relative_imports_resolve_against_the_package() -> None:
     assert names("from . import plan", module="guest", package=True) == {
         ("guest", False), ("guest.plan", True)}
@@ -66,12 +84,11 @@ def test_relative_imports_resolve_against_the_package() -> None:
 
 def test_the_guest_reaches_only_a_small_stdlib_subset() -> None:
     found = {m.name: m for m in runtime.collect().modules}
-    assert {"guest.__main__", "guest.system", "ctypes", "encodings.utf_8", "os",
-            "__future__"} <= set(found)
+    assert {"guest.__main__", "guest.system", "ctypes", "encodings.utf_8", "os"} <= set(found)
     assert found["_ctypes"].kind == "extension"
-    # Heavy modules the init avoids on purpose stay out.
+    # Heavy modules the init avoids on purpose stay out; __future__ is compiled in.
     assert not {"typing", "dataclasses", "enum", "signal", "subprocess", "re", "traceback",
-                "contextlib", "collections", "_py_abc"} & set(found)
+                "contextlib", "collections", "_py_abc", "__future__"} & set(found)
     assert sum(1 for m in found.values() if m.kind == "source") < 40
 
 
@@ -177,7 +194,7 @@ def test_runtime_starts_from_the_unpacked_initrd(image: Image, tmp_path: Path) -
     root = unpack_with_cpio(initrd, tmp_path / "root")
     code = ("import sys, guest.__main__, guest.system; guest.system.System(); "
             "print(sys.prefix, sys.exec_prefix, sys.flags.utf8_mode, "
-            "sorted(m for m in sys.modules if 'ctypes' in m))")
+            "sorted(m for m in sys.modules if 'ctypes' in m or m == '__future__'))")
     proc = subprocess.run([shutil.which("chroot") or "chroot", str(root),
                            f"{PREFIX}/bin/python{VERSION}", "-IS", "-c", code],
                           capture_output=True, text=True, timeout=60, env={})
