@@ -4,6 +4,7 @@ the console) and stand-in daemons: every way a run can end, and nothing left beh
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -287,3 +288,13 @@ def test_no_input_means_nothing_but_the_final_eof(tmp_path: Path) -> None:
     with empty.open("rb") as f:
         assert not session._no_input(f.fileno())  # a file may still grow: not assumed
     assert not session._no_input(999)  # not open: not assumed either
+
+
+def test_what_the_relay_loop_needs_is_imported_after_qemu_starts() -> None:
+    """Up to the VMM's spawn hostrun imports only what that needs (its start is on
+    every boot's clock); the console, relay and terminal modules come after."""
+    code = ("import sys, hostrun.cli, hostrun.plan, hostrun.session; print(sorted(m for m in "
+            "('hostrun.console', 'hostrun.relay', 'hostrun.terminal') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout == "[]\n"
