@@ -1,7 +1,8 @@
 """The floor: the least a virtiofs micro-VM boot can do, for bench/boot.py to compare with.
 
-An initrd whose /init is a busybox sh script: mount proc, sys, dev; insmod the kernel
-modules in the load-list order; mount the virtiofs tag on /nix/store; run the action
+An initrd whose /init is a busybox sh script: mount proc, sys, dev, and /tmp, /run and
+/dev/pts as the guest init does (the same mounts); insmod the kernel modules in the
+load-list order; mount the virtiofs tag on /nix/store; run the action
 (tvix.exec / tvix.run / tvix.find / tvix.shell) and print the guest protocol's status
 record; power off. Built with initbuilder's Image, modules and cpio writer, so the
 modules are exactly the ones hostrun's own initrd carries.
@@ -21,6 +22,10 @@ INIT_SCRIPT = r"""#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sys /sys
 /bin/busybox mount -t devtmpfs dev /dev
+/bin/busybox mount -t tmpfs -o nosuid,nodev,mode=1777 tmp /tmp
+/bin/busybox mount -t tmpfs -o nosuid,nodev,mode=0755 run /run
+/bin/busybox mkdir -p /dev/pts
+/bin/busybox mount -t devpts -o nosuid,noexec,mode=0620,ptmxmode=0666 devpts /dev/pts
 export PATH=/bin
 cmdline=$(busybox cat /proc/cmdline)
 value() {
