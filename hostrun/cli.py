@@ -3,6 +3,7 @@ exit with its status."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -119,8 +120,9 @@ def main(kernel: Path | None, initrd: Path | None, store: Path, find: bool, shel
     if _as_program:
         # Everything hostrun started is stopped and removed by now; what is left is the
         # interpreter tearing down its modules, ~13 ms of every run's wall time.
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError):  # a closed pipe: nothing left to tell
+                stream.flush()
         os._exit(outcome.code)
     sys.exit(outcome.code)
 
