@@ -15,6 +15,11 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from initbuilder.elf import is_elf_file
 
 _OURS = ("import sys; from initbuilder.cli.closure import closure; "
          "closure(['--json', '--allow-missing', *sys.argv[1:]])")
@@ -22,16 +27,8 @@ _OURS = ("import sys; from initbuilder.cli.closure import closure; "
 
 def elf_files(directory: str) -> list[str]:
     """Every entry of ``directory`` that is (or links to) an ELF file, sorted."""
-    files = []
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
-        try:
-            with open(path, "rb") as f:
-                if f.read(4) == b"\x7fELF":
-                    files.append(path)
-        except OSError:
-            continue
-    return files
+    paths = (os.path.join(directory, name) for name in sorted(os.listdir(directory)))
+    return [path for path in paths if is_elf_file(path)]
 
 
 def timed(argv: list[str]) -> float:

@@ -89,6 +89,15 @@ def is_elf(head: bytes) -> bool:
     return head[:4] == b"\x7fELF"
 
 
+def is_elf_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` opens (links followed) and starts with the ELF magic."""
+    try:
+        with open(path, "rb") as f:
+            return is_elf(f.read(4))
+    except OSError:
+        return False
+
+
 @cache
 def _basic(little_endian: bool, elfclass: int) -> ELFStructs:
     structs = ELFStructs(little_endian=little_endian, elfclass=elfclass)

@@ -24,6 +24,7 @@ from typing import Any
 
 from initbuilder.cache import cache_dir
 from initbuilder.closure import Resolver
+from initbuilder.elf import is_elf_file
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image
 from initbuilder.process import run
@@ -175,10 +176,9 @@ def _cache_key(interpreter: Path) -> str | None:
     """A key for everything the follower's answer depends on, or None when the
     interpreter cannot be identified by its file (a wrapper script such as a pyenv shim)."""
     real = Path(os.path.realpath(interpreter))
+    if not is_elf_file(real):
+        return None
     try:
-        with real.open("rb") as f:
-            if f.read(4) != b"\x7fELF":
-                return None
         st = real.stat()
     except OSError:
         return None

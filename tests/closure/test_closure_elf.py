@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from elf_fixtures import Builder
 
-from initbuilder.elf import ElfError, parse_dlopen_json, read_elf
+from initbuilder.elf import ElfError, is_elf_file, parse_dlopen_json, read_elf
 
 
 def test_reads_what_the_loader_needs(build: Builder) -> None:
@@ -91,3 +92,13 @@ def test_dlopen_json_keeps_good_entries(caplog: pytest.LogCaptureFixture) -> Non
     assert [f.sonames for f in mixed] == [("c",)]
     assert parse_dlopen_json(b"{not json", "x") == []
     assert "not JSON" in caplog.text
+
+
+def test_is_elf_file_reads_the_magic_and_never_raises(tmp_path: Path) -> None:
+    assert is_elf_file(os.path.realpath(sys.executable))
+    (tmp_path / "script").write_text("#!/bin/sh\n")
+    (tmp_path / "short").write_bytes(b"\x7fE")
+    os.symlink("nowhere", tmp_path / "dangling")
+    for name in ("script", "short", "dangling", "missing"):
+        assert not is_elf_file(tmp_path / name), name
+    assert not is_elf_file(tmp_path)  # a directory

@@ -14,7 +14,7 @@ from elf_fixtures import Trace, host_is_x86_64_glibc, ours, parse_trace, run_ldd
 from realparts import missing_part
 
 from initbuilder.closure import Resolver
-from initbuilder.elf import ElfError
+from initbuilder.elf import ElfError, is_elf_file
 
 SYSTEM_SETS = (("/usr/bin", None), ("/usr/sbin", None),
                ("/usr/lib/x86_64-linux-gnu", ".so"), ("/usr/lib/qemu", None))
@@ -70,14 +70,8 @@ def _system_elves() -> list[str]:
                 if suffix and suffix not in name:
                     continue
                 path = os.path.join(directory, name)
-                if os.path.islink(path) or not os.path.isfile(path):
-                    continue
-                try:
-                    with open(path, "rb") as f:
-                        if f.read(4) == b"\x7fELF":
-                            files.append(path)
-                except OSError:
-                    continue
+                if not os.path.islink(path) and os.path.isfile(path) and is_elf_file(path):
+                    files.append(path)
             if not suffix:
                 break  # the program directories are flat
     return files
