@@ -207,9 +207,9 @@ def early_steps() -> tuple[Step, ...]:
     )
 
 
-def module_paths(listing: str | None) -> tuple[str, ...]:
-    """A path list such as the load list (/etc/initkit/modules) or the applet list: one
-    path a line; blanks and #comments skipped."""
+def listed_paths(listing: str | None) -> tuple[str, ...]:
+    """The paths of a list file, the module load list (/etc/initkit/modules) or the
+    applet list: one path a line; blanks and #comments skipped."""
     if not listing:
         return ()
     lines = (line.strip() for line in listing.splitlines())
@@ -241,10 +241,10 @@ def make_plan(cmdline: Cmdline, *, modules: str | None = None,
     store_needed = not (isinstance(action, Spawn) and action.what == "shell")
     store_needed = store_needed and not isinstance(action, Fail)
     steps: list[Step] = []
-    applet_paths = module_paths(applets)
+    applet_paths = listed_paths(applets)
     if applet_paths:
         steps.append(LinkAll(applet_paths, BUSYBOX))
-    steps.extend(LoadModule(path) for path in module_paths(modules))
+    steps.extend(LoadModule(path) for path in listed_paths(modules))
     steps.append(MakeDir(STORE))
     steps.extend(_store_mounts(cmdline, fatal=store_needed))
     return Plan(tuple(steps), action, nonce, cmdline.has("initkit.debug"), tuple(warnings),

@@ -118,11 +118,20 @@ class Follower:
             if found.kind != "source" or found.host is None:
                 continue
             ours = current.split(".")[0] in self._packages
-            for target, opt, primaries in imports_of(_read(found.host), current,
-                                                     found.is_package, ours):
+            try:
+                imported = imports_of(_read(found.host), current, found.is_package, ours)
+            except SyntaxError as exc:
+                raise Unreadable(f"cannot parse {found.host} with Python "
+                                 f"{sys.version.split()[0]}: {exc.msg} (line {exc.lineno})"
+                                 ) from None
+            for target, opt, primaries in imported:
                 # A fallback ("except ImportError: import _py_abc") only if it is needed.
                 if not primaries or not all(self.find(p) for p in primaries):
                     pending.append((target, current, opt))
+
+
+class Unreadable(Exception):
+    """A module the target interpreter cannot parse or compile; the message names it."""
 
 
 def _from_spec(name: str, spec: object) -> _Found | None:
@@ -274,7 +283,8 @@ def follow(request: dict[str, Any]) -> dict[str, Any]:
     needs by itself], ``prefix`` (the runtime's guest prefix), ``out`` (a directory for
     compiled files), ``optimize`` (0-2). Answer: ``facts``, ``files`` [{name, kind,
     host, guest, frozen}] with ``host`` a compiled .pyc in ``out`` for Python modules,
-    and ``missing`` {name: importer}.
+    and ``missing`` {name: importer}; or ``error``, naming a module that does not parse
+    or compile under this interpreter.
     """
     info = facts()
     packages = dict(request["packages"])
@@ -283,6 +293,14 @@ def follow(request: dict[str, Any]) -> dict[str, Any]:
     optimize = int(request.get("optimize", 0))
     lib = f"{prefix}/{info['platlibdir']}/python{info['version']}"
     search = [str(info["stdlib"]), str(info["dynload"])]
+    try:
+        return _follow(request, info, packages, lib, search, out_dir, optimize)
+    except Unreadable as exc:
+        return {"error": str(exc)}
+
+
+def _follow(request: dict[str, Any], info: dict[str, object], packages: dict[str, str],
+            lib: str, search: list[str], out_dir: str, optimize: int) -> dict[str, Any]:
     follower = Follower(search, packages)
     for root in request.get("roots", []):
         follower.add(str(root), "<interpreter>")
@@ -308,13 +326,17 @@ def follow(request: dict[str, Any]) -> dict[str, Any]:
             if found.kind == "source":
                 compiled = os.path.join(out_dir, guest.lstrip("/"))
                 os.makedirs(os.path.dirname(compiled), exist_ok=True)
-                if name.split(".")[0] in packages:
-                    compile_package_module(found.host, compiled, guest[:-1], optimize)
-                else:
-                    py_compile.compile(
-                        found.host, cfile=compiled, dfile=guest[:-1], doraise=True,
-                        optimize=optimize,
-                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                try:
+                    if name.split(".")[0] in packages:
+                        compile_package_module(found.host, compiled, guest[:-1], optimize)
+                    else:
+                        py_compile.compile(
+                            found.host, cfile=compiled, dfile=guest[:-1], doraise=True,
+                            optimize=optimize,
+                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                except (SyntaxError, ValueError, py_compile.PyCompileError) as exc:
+                    raise Unreadable(f"cannot compile {found.host} with Python "
+                                     f"{sys.version.split()[0]}: {exc}") from None
                 entry["host"] = compiled
             else:
                 entry["host"] = found.host

@@ -44,8 +44,8 @@ def test_modules_load_in_listed_order_then_the_store() -> None:
 
 def test_no_module_list_means_no_module_steps() -> None:
     assert not any(isinstance(s, p.LoadModule) for s in make("tvix.find").steps)
-    assert p.module_paths("") == ()
-    assert p.module_paths(None) == ()
+    assert p.listed_paths("") == ()
+    assert p.listed_paths(None) == ()
 
 
 def test_applet_list_is_linked_first_in_one_step() -> None:

@@ -15,7 +15,7 @@ from initbuilder import runtime
 from initbuilder.cpio import write_initrd
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
-from initbuilder.pyimports import compile_package_module, imports_of
+from initbuilder.pyimports import compile_package_module, follow, imports_of
 
 PREFIX = runtime.PREFIX
 VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -72,6 +72,17 @@ def test_future_imports_of_our_packages_become_compiler_flags(tmp_path: Path) ->
                           capture_output=True, text=True, check=True)
     assert proc.stdout == ("{'x': 'NotDefinedAnywhere', 'return': 'int | None'} "
                            "False False None\n")  # -OO: no docstring
+
+
+def test_a_module_that_does_not_compile_is_named(tmp_path: Path) -> None:
+    package = tmp_path / "bad"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "broken.py").write_text("def f(:\n")
+    answer = follow({"packages": {"bad": str(package)}, "roots": [], "prefix": "/p",
+                     "out": str(tmp_path / "out"), "optimize": 2})
+    assert "error" in answer and str(package / "broken.py") in answer["error"]
+    assert "line 1" in answer["error"]
 
 
 def test_relative_imports_resolve_against_the_package() -> None:
