@@ -50,6 +50,14 @@ class VirtiofsDaemon(ABC):
         self.socket_path: Path | None = None
         self.log_path: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        # Read-only bind mounts (source, mount point under store) made in the daemon's
+        # own mount namespace before it starts: a store view (hostrun/storeview/view.py).
+        self.binds: tuple[tuple[Path, Path], ...] = ()
+
+    def serve_view(self, root: Path, binds: tuple[tuple[Path, Path], ...]) -> None:
+        """Serve the store view ``root`` instead of the store, with ``binds`` in it."""
+        self.store = root
+        self.binds = binds
 
     # -- what differs per daemon --------------------------------------------------
     @abstractmethod
@@ -91,7 +99,9 @@ class VirtiofsDaemon(ABC):
                     pass_fds=(fd,) if fd is not None else (),
                     env=self.env(),
                     start_new_session=True,  # ^C on the terminal is hostrun's to handle
-                    preexec_fn=child_setup(readonly=self.store if self.readonly_view() else None),
+                    preexec_fn=child_setup(
+                        readonly=self.store if self.readonly_view() or self.binds else None,
+                        binds=self.binds),
                 )
         except FileNotFoundError:
             raise InitkitError(f"virtiofs daemon {argv[0]!r} not found; install it or "
