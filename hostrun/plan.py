@@ -14,6 +14,7 @@ from pathlib import Path
 from hostrun import hostcpu
 from hostrun.action import Action
 from hostrun.session import RunSpec
+from hostrun.storeview.view import StoreView
 from hostrun.virtiofs import choose_daemon
 from hostrun.vmm import CloudHypervisor, Qemu, Vmm, parse_cloud_hypervisor_version
 from initbuilder.cache import cache_dir
@@ -45,6 +46,10 @@ class Request:
     verbose: bool = False
     fs_tag: str = "tvix"
     initrd_files: list[str] = field(default_factory=list)  # extra host:guest files
+    # Exactly the closure of these store paths as /nix/store (store: where they are taken
+    # from), paths missing there from these file:// binary caches, in order.
+    closure: list[str] = field(default_factory=list)
+    substituters: list[str] = field(default_factory=list)
 
 
 def plan(request: Request) -> RunSpec:
@@ -56,7 +61,8 @@ def plan(request: Request) -> RunSpec:
     kernel = find_kernel(request.kernel)
     store = request.store.resolve()
     daemon = choose_daemon(request.daemon, store)
-    if daemon.uses_store:
+    store_view = _store_view(request, daemon.uses_store, daemon.name)
+    if daemon.uses_store and store_view is None:
         _check_store(request.store)
     vmm, accel = choose_vmm(request.vmm, request.accel or os.environ.get(ACCEL_ENV) or "auto",
                             kernel)
@@ -70,8 +76,23 @@ def plan(request: Request) -> RunSpec:
         kernel=kernel_for(vmm, kernel), initrd=initrd, vmm=vmm, daemon=daemon, accel=accel,
         action=request.action, cpus=request.cpus, memory_mib=request.memory_mib,
         extra_cmdline=request.extra_cmdline, timeout=request.timeout,
-        verbose=request.verbose, fs_tag=request.fs_tag,
+        verbose=request.verbose, fs_tag=request.fs_tag, store_view=store_view,
     )
+
+
+def _store_view(request: Request, uses_store: bool, daemon: str) -> StoreView | None:
+    """``--closure``: the store paths the daemon is to serve (None: the whole --store)."""
+    if not request.closure:
+        if request.substituters:
+            raise InitkitError("--substituter is where --closure paths come from; pass "
+                               "--closure PATH as well")
+        return None
+    if not uses_store:
+        raise InitkitError(f"--closure: the daemon {daemon} serves its own store, not a "
+                           "directory hostrun makes; use --daemon virtiofsd")
+    from hostrun.storeview.closure import resolve_closure  # NAR readers: only when used
+
+    return resolve_closure(request.closure, request.store, request.substituters)
 
 
 def find_kernel(kernel: Path | None) -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 from hostrun.action import Action, kernel_cmdline, new_nonce
 from hostrun.exitcodes import ExitCode, exit_code_for_host_signal
 from hostrun.procs import child_setup, stop_process
+from hostrun.storeview.view import StoreView, build_view
 from hostrun.virtiofs import DaemonFailed, VirtiofsDaemon
 from hostrun.vmm import BootConfig, Vmm, request_queues
 
@@ -59,6 +60,7 @@ class RunSpec:
     timeout: float | None = None
     verbose: bool = False
     fs_tag: str = "tvix"
+    store_view: StoreView | None = None  # exactly these store paths (--closure), not a dir
 
 
 @dataclass
@@ -142,6 +144,9 @@ class _Run:
 
     def _run(self, workdir: Path, wakeup: int | None) -> Outcome:
         spec = self.spec
+        if spec.store_view is not None:  # the view lives and goes with the private dir
+            view = build_view(spec.store_view, workdir / "store")
+            spec.daemon.serve_view(view.root, view.binds)
         try:
             spec.daemon.start(workdir)
             spec.daemon.wait_ready()
