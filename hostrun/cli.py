@@ -40,7 +40,16 @@ HOSTRUN_KERNEL (default --kernel), HOSTRUN_ACCEL (default --accel), INITKIT_CACH
               help="Initrd to boot. Default: initbuilder's for the kernel (its modules, the "
                    "guest init, busybox), built once and cached.")
 @click.option("--store", type=click.Path(path_type=Path), default=Path("/nix/store"),
-              show_default=True, help="Directory the guest sees as /nix/store (read-only).")
+              show_default=True,
+              help="Directory the guest sees as /nix/store (read-only); with --closure, "
+                   "the host store its paths are taken from.")
+@click.option("--closure", "closure", multiple=True, metavar="PATH",
+              help="Repeatable: the guest's /nix/store holds exactly the closure of these "
+                   "store paths (or links to them, such as ./result).")
+@click.option("--substituter", "substituters", multiple=True, metavar="file:///DIR",
+              help="Repeatable: a Nix binary cache directory for --closure paths that are "
+                   "not in --store, tried in order (NARs verified, unpacked once into the "
+                   "cache).")
 @click.option("--find", is_flag=True, help="List the store (tvix.find).")
 @click.option("--shell", is_flag=True,
               help="A shell in the guest; on a terminal keys go to it raw (Ctrl-] leaves).")
@@ -70,7 +79,8 @@ HOSTRUN_KERNEL (default --kernel), HOSTRUN_ACCEL (default --accel), INITKIT_CACH
 @click.option("-v", "--verbose", count=True,
               help="-v: kernel messages and what hostrun chose; -vv: also every command.")
 @click.argument("args", nargs=-1)
-def main(kernel: Path | None, initrd: Path | None, store: Path, find: bool, shell: bool,
+def main(kernel: Path | None, initrd: Path | None, store: Path, closure: tuple[str, ...],
+         substituters: tuple[str, ...], find: bool, shell: bool,
          exec_path: str | None, run_cmd: str | None, init_path: str | None,
          cpus: int | None, memory: str | None, cmdline: str | None, timeout: float | None,
          vmm: str, accel: str | None, daemon: str, verbose: int,
@@ -82,6 +92,7 @@ def main(kernel: Path | None, initrd: Path | None, store: Path, find: bool, shel
     Examples:
       hostrun --exec /nix/store/...-hello/bin/hello
       hostrun --store ./store --run 'ls /nix/store | wc -l'
+      hostrun --closure ./result --exec ./result/bin/hello
       hostrun --shell
     """
     from hostrun.action import action_words, guest_action_key, without_actions
@@ -104,7 +115,7 @@ def main(kernel: Path | None, initrd: Path | None, store: Path, find: bool, shel
         cpus=cpus if cpus is not None else _env_int(ENV_CPUS, 1),
         memory_mib=parse_memory(memory or os.environ.get(ENV_MEMORY) or "512M"),
         extra_cmdline=extra, timeout=timeout, vmm=vmm, accel=accel, daemon=daemon,
-        verbose=verbose > 0,
+        verbose=verbose > 0, closure=list(closure), substituters=list(substituters),
     )
     spec = plan(request)
     stdin_tty = os.isatty(0)

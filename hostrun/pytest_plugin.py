@@ -78,14 +78,17 @@ class VmRunner:
         self.timeout = timeout
         self.initrd = initrd
 
-    def run(self, *, store: Path, find: bool = False, shell: bool = False,
+    def run(self, *, store: Path | None = None, find: bool = False, shell: bool = False,
             exec: list[str] | tuple[str, ...] | str | None = None, run: str | None = None,
             init: str | None = None, input: bytes | None = None, cmdline: str = "",
             cpus: int = 1, memory: str = "512M", timeout: float | None = None,
             initrd: Path | None = None, kernel: Path | None = None,
-            verbose: bool = False) -> VmResult:
-        """Boot once with ``store`` as /nix/store, do the one action given, return how it
-        ended. ``input`` goes to the guest's console once it is up, then end-of-file."""
+            verbose: bool = False, closure: list[str] | tuple[str, ...] = (),
+            substituters: list[str] | tuple[str, ...] = ()) -> VmResult:
+        """Boot once with ``store`` (default /nix/store) as /nix/store, do the one action
+        given, return how it ended. ``input`` goes to the guest's console once it is up,
+        then end-of-file. With ``closure`` (store paths) the guest's store holds exactly
+        their closure, taken from ``store`` or the ``substituters`` (file:// caches)."""
         from hostrun.action import Action
         from hostrun.plan import Request, plan
         from hostrun.session import run as run_session
@@ -105,10 +108,12 @@ class VmRunner:
             "init": lambda: Action("init", command=init or ""),
         }[actions[0]]()
         request = Request(
-            kernel=kernel or self.kernel, initrd=initrd or self.initrd, store=Path(store),
+            kernel=kernel or self.kernel, initrd=initrd or self.initrd,
+            store=Path(store) if store is not None else Path("/nix/store"),
             action=action, cpus=cpus, memory_mib=parse_memory(memory), extra_cmdline=cmdline,
             timeout=timeout if timeout is not None else self.timeout, vmm=self.vmm,
-            accel=self.accel, daemon=self.daemon, verbose=verbose,
+            accel=self.accel, daemon=self.daemon, verbose=verbose, closure=list(closure),
+            substituters=list(substituters),
         )
         chunks: list[bytes] = []
         lock = threading.Lock()
@@ -124,11 +129,12 @@ class VmRunner:
         return VmResult(outcome.code, b"".join(chunks), outcome.status, outcome.error,
                         tuple(outcome.argv))
 
-    def exec(self, path: str, *args: str, store: Path, **kwargs: Any) -> VmResult:
+    def exec(self, path: str, *args: str, store: Path | None = None,
+             **kwargs: Any) -> VmResult:
         """Run ``path`` with ``args`` in the guest (tvix.exec)."""
         return self.run(store=store, exec=[path, *args], **kwargs)
 
-    def sh(self, command: str, *, store: Path, **kwargs: Any) -> VmResult:
+    def sh(self, command: str, *, store: Path | None = None, **kwargs: Any) -> VmResult:
         """Run a shell command line in the guest (tvix.run)."""
         return self.run(store=store, run=command, **kwargs)
 
