@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: a real Debian kernel to read and boot."""
+"""Fixtures shared by the whole suite: a real Debian kernel to read and boot, real Nix
+outputs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from nixbuild import NixOutputs, nix_build
 from realparts import missing_part
 
 from initbuilder.errors import InitkitError
@@ -30,3 +32,10 @@ def debian_vmlinux(debian_kernel: FetchedKernel) -> Path:
     from initbuilder.kernel import extract_vmlinux
 
     return extract_vmlinux(debian_kernel.bzimage)
+
+
+@pytest.fixture(scope="session")
+def nix_outputs(tmp_path_factory: pytest.TempPathFactory) -> NixOutputs:
+    """Store paths built by real Nix (tests/nixbuild.py): hello and catfile linked against
+    a glibc that is its own store path, and a secret file nothing refers to."""
+    return nix_build(tmp_path_factory.mktemp("nix"))
