@@ -11,13 +11,14 @@ every place looked in.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from hostrun.storeview.nixbase32 import HASH_CHARS, STORE_DIR, is_store_name
+from hostrun.storeview.nixbase32 import HASH_CHARS, STORE_DIR, is_hash_part, is_store_name
 from hostrun.storeview.refscan import scan_references
 from hostrun.storeview.substituter import FileBinaryCache
 from hostrun.storeview.view import StoreView, ViewEntry
@@ -85,7 +86,7 @@ class _Walk:
     def __init__(self, store: Path, caches: list[FileBinaryCache]) -> None:
         self.store = store
         self.caches = caches
-        self._candidates: dict[bytes, str] | None = None
+        self._known: dict[bytes, str | None] | None = None
         self.methods: set[str] = set()
 
     def closure(self, roots: list[str]) -> StoreView:
@@ -123,8 +124,8 @@ class _Walk:
                     list(info.references))
         if on_host:
             self.methods.add("reference scan")
-            return (ViewEntry(name, host, f"--store {self.store}"),
-                    sorted(scan_references(host, self._store_candidates())))
+            found = scan_references(host, self._candidates())
+            return ViewEntry(name, host, f"--store {self.store}"), self._names(found)
         looked = [f"--store {self.store}"
                   + ("" if self.store.is_dir() else " (no such directory)")]
         looked += [f"--substituter {c} (no {name[:HASH_CHARS]}.narinfo)" for c in self.caches]
@@ -133,9 +134,28 @@ class _Walk:
                            + f": not found; looked in {', '.join(looked)}"
                            + ("" if self.caches else "; add a --substituter that has it"))
 
-    def _store_candidates(self) -> dict[bytes, str]:
-        """Hash part → name of every store path in the host store (what a scan looks for)."""
-        if self._candidates is None:
+    def _candidates(self) -> dict[bytes, str | None]:
+        """Hash part → name (None: read its narinfo to learn it) of every store path the
+        scanner can know: the host store's entries, then the substituters' narinfo files."""
+        if self._known is None:
+            known: dict[bytes, str | None] = {}
+            for cache in reversed(self.caches):
+                with contextlib.suppress(OSError):
+                    known.update((n[:HASH_CHARS].encode(), None) for n in os.listdir(cache.root)
+                                 if n.endswith(".narinfo") and is_hash_part(n[:HASH_CHARS]))
             names = os.listdir(self.store) if self.store.is_dir() else []
-            self._candidates = {n[:HASH_CHARS].encode(): n for n in names if is_store_name(n)}
-        return self._candidates
+            known.update((n[:HASH_CHARS].encode(), n) for n in names if is_store_name(n))
+            self._known = known
+        return self._known
+
+    def _names(self, hashes: set[bytes]) -> list[str]:
+        known = self._candidates()
+        names = []
+        for digest in sorted(hashes):
+            name = known[digest]
+            if name is None:
+                info = next(i for c in self.caches
+                            if (i := c.narinfo(digest.decode())) is not None)
+                name = known[digest] = info.store_name
+            names.append(name)
+        return names

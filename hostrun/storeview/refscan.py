@@ -6,15 +6,15 @@ serialisation (file contents, symlink targets, file names). Used only when neith
 Nix database nor a narinfo knows a path's references. Its limits, which are Nix's too:
 it finds a hash only where it is written out plainly (not compressed, not in UTF-16, not
 split or computed at run time), and only hashes of candidates it is given (the host
-store's entries); a coincidental match adds a reference (over-approximation is safe here:
-the guest gets one path more).
+store's entries and the substituters' narinfo files); a coincidental match adds a
+reference (over-approximation is safe here: the guest gets one path more).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable
 
 from hostrun.storeview.nixbase32 import ALPHABET, HASH_CHARS
 
@@ -24,17 +24,17 @@ READ_SIZE = 1 << 20
 _RUN = re.compile(b"[" + ALPHABET.encode() + b"]{%d,}" % HASH_CHARS)
 
 
-def hashes_in(data: bytes, candidates: Mapping[bytes, str], found: set[str]) -> None:
-    """Add to ``found`` the candidates (hash part → name) whose hash occurs in ``data``."""
+def hashes_in(data: bytes, candidates: Container[bytes], found: set[bytes]) -> None:
+    """Add to ``found`` the candidate hash parts that occur in ``data``."""
     for run in _RUN.finditer(data):
         text = run.group()
         for start in range(len(text) - HASH_CHARS + 1):
-            name = candidates.get(text[start:start + HASH_CHARS])
-            if name is not None:
-                found.add(name)
+            window = text[start:start + HASH_CHARS]
+            if window in candidates:
+                found.add(window)
 
 
-def scan_file(path: str, candidates: Mapping[bytes, str], found: set[str]) -> None:
+def scan_file(path: str, candidates: Container[bytes], found: set[bytes]) -> None:
     """Scan one regular file, in chunks overlapping by a hash's length less one."""
     tail = b""
     with open(path, "rb") as f:
@@ -45,10 +45,10 @@ def scan_file(path: str, candidates: Mapping[bytes, str], found: set[str]) -> No
 
 
 def scan_references(path: str | os.PathLike[str],
-                    candidates: Mapping[bytes, str]) -> set[str]:
-    """Names of the ``candidates`` (hash part → store name) that ``path`` (a file,
-    symlink or directory tree, links not followed) mentions."""
-    found: set[str] = set()
+                    candidates: Container[bytes]) -> set[bytes]:
+    """The ``candidates`` (hash parts) that ``path`` (a file, symlink or directory tree,
+    links not followed) mentions."""
+    found: set[bytes] = set()
     for kind, full, name in _walk(os.fspath(path)):
         hashes_in(os.fsencode(name), candidates, found)
         if kind == "link":
