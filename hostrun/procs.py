@@ -7,8 +7,10 @@ import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+
+from hostrun.storeview.mounts import ViewMounts, make_view_in_new_namespace
 
 _PR_SET_PDEATHSIG = 1
 _CLONE_NEWNS = 0x00020000
@@ -31,60 +33,40 @@ def _load_libc() -> ctypes.CDLL:
 
 
 def child_setup(readonly: Path | None = None,
-                binds: Sequence[tuple[Path, Path]] = ()) -> Callable[[], None]:
+                view: ViewMounts | None = None) -> Callable[[], None]:
     """A preexec_fn: the child gets SIGKILL when hostrun dies (even by SIGKILL), and,
     with ``readonly``, a private mount namespace where that directory is read-only.
 
-    ``binds`` (source, mount point) are then bind-mounted read-only in that namespace
-    (a store view, hostrun/storeview/view.py): only the child and what it execs see
-    them, and they vanish with it. A bind that fails ends the child with status 126
-    and a line on its stderr naming the path, since serving the view without it would
-    show the guest an empty directory.
-    """
+    With ``view`` the child makes that store view in a private mount namespace
+    (hostrun/storeview/mounts.py); if it cannot, it ends with status 126 and a line on
+    its stderr, since a view half made would show the guest the wrong store."""
     libc = _load_libc()
     parent = os.getpid()
     ro = os.fsencode(readonly) if readonly is not None else None
-    pairs = [(os.fsencode(source), os.fsencode(target)) for source, target in binds]
 
     def setup() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # hostrun died before prctl took effect
             os._exit(1)
-        if ro is None and not pairs:
-            return
-        if not _private_namespace(libc):  # never mount in hostrun's own namespace
-            _fail_or_warn(b"make a private mount namespace", fatal=bool(pairs))
-            return
-        if ro is not None and not _readonly_bind(libc, ro, ro, recursive=True):
-            _fail_or_warn(b"make " + ro + b" read-only", fatal=bool(pairs))
-        for source, target in pairs:
-            if not _readonly_bind(libc, source, target, recursive=False):
-                _fail_or_warn(b"bind " + source + b" on " + target, fatal=True)
+        if ro is not None and not _readonly_bind(libc, ro):
+            err = ctypes.get_errno()
+            os.write(2, b"hostrun: warning: could not make " + ro + b" read-only: "
+                     + os.strerror(err).encode() + b"\n")
+        if view is not None and (failure := make_view_in_new_namespace(libc, view)):
+            os.write(2, b"hostrun: " + failure + b"\n")
+            os._exit(126)
 
     return setup
 
 
-def _fail_or_warn(what: bytes, *, fatal: bool) -> None:
-    err = os.strerror(ctypes.get_errno()).encode()
-    if not fatal:
-        os.write(2, b"hostrun: warning: could not " + what + b": " + err + b"\n")
-        return
-    os.write(2, b"hostrun: cannot " + what + b": " + err + b"\n")
-    os._exit(126)
-
-
-def _private_namespace(libc: ctypes.CDLL) -> bool:
+def _readonly_bind(libc: ctypes.CDLL, path: bytes) -> bool:
     if libc.unshare(_CLONE_NEWNS) != 0:
         return False
-    return libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
-
-
-def _readonly_bind(libc: ctypes.CDLL, source: bytes, target: bytes, *,
-                   recursive: bool) -> bool:
-    flags = _MS_BIND | (_MS_REC if recursive else 0)
-    if libc.mount(source, target, None, flags, None) != 0:
+    if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         return False
-    return libc.mount(None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None) == 0
+    if libc.mount(path, path, None, _MS_BIND | _MS_REC, None) != 0:
+        return False
+    return libc.mount(None, path, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None) == 0
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, grace: float,

@@ -146,7 +146,7 @@ class _Run:
         spec = self.spec
         if spec.store_view is not None:  # the view lives and goes with the private dir
             view = build_view(spec.store_view, workdir / "store")
-            spec.daemon.serve_view(view.root, view.binds)
+            spec.daemon.serve_view(view.root, view.mounts)
         try:
             spec.daemon.start(workdir)
             spec.daemon.wait_ready()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from hostrun.procs import child_setup, stop_process
+from hostrun.storeview.mounts import ViewMounts
 from initbuilder.errors import InitkitError
 
 log = logging.getLogger("initkit.hostrun")
@@ -50,14 +51,15 @@ class VirtiofsDaemon(ABC):
         self.socket_path: Path | None = None
         self.log_path: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
-        # Read-only bind mounts (source, mount point under store) made in the daemon's
-        # own mount namespace before it starts: a store view (hostrun/storeview/view.py).
-        self.binds: tuple[tuple[Path, Path], ...] = ()
+        # A store view the daemon makes on its store dir in its own mount namespace
+        # before it starts (--closure; hostrun/storeview/mounts.py).
+        self.view: ViewMounts | None = None
 
-    def serve_view(self, root: Path, binds: tuple[tuple[Path, Path], ...]) -> None:
-        """Serve the store view ``root`` instead of the store, with ``binds`` in it."""
+    def serve_view(self, root: Path, mounts: ViewMounts | None) -> None:
+        """Serve the store view at ``root`` instead of the store (``mounts``: what the
+        daemon mounts there first; None: the directory is the view)."""
         self.store = root
-        self.binds = binds
+        self.view = mounts
 
     # -- what differs per daemon --------------------------------------------------
     @abstractmethod
@@ -100,8 +102,8 @@ class VirtiofsDaemon(ABC):
                     env=self.env(),
                     start_new_session=True,  # ^C on the terminal is hostrun's to handle
                     preexec_fn=child_setup(
-                        readonly=self.store if self.readonly_view() or self.binds else None,
-                        binds=self.binds),
+                        readonly=self.store if self.readonly_view() and not self.view else None,
+                        view=self.view),
                 )
         except FileNotFoundError:
             raise InitkitError(f"virtiofs daemon {argv[0]!r} not found; install it or "

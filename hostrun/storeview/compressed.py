@@ -29,7 +29,7 @@ class DecompressingReader:
     def __init__(self, raw: BinaryIO, compression: str, what: str) -> None:
         self.what = what
         self.compression = compression
-        self._buffer = b""
+        self._buffer = bytearray()  # grows in place; only a partial block is kept over
         self._blocks = self._decompressed(raw)
 
     def read(self, size: int, /) -> bytes:
@@ -38,7 +38,8 @@ class DecompressingReader:
             if block is None:
                 break
             self._buffer += block
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
         return data
 
     def _decompressed(self, raw: BinaryIO) -> Iterator[bytes]:
@@ -86,4 +87,4 @@ class DecompressingReader:
         with libarchive.stream_reader(raw, format_name="raw", filter_name=self.compression,
                                       block_size=READ_SIZE) as archive:
             for entry in archive:
-                yield from entry.get_blocks()
+                yield from entry.get_blocks(READ_SIZE)

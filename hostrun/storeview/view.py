@@ -1,14 +1,13 @@
 """The directory a virtiofs daemon serves when the guest gets exactly a closure.
 
-The view is a fresh directory in the run's private temp dir with one entry per store
-path. Where hostrun may mount (as root), a directory or file path is an empty mount
-point, and the daemon's preexec (hostrun/procs.py) bind-mounts the real path there,
-read-only, in the daemon's own private mount namespace: one mkdir and two mount calls per
-path, whatever its size, and the mounts vanish with the daemon, so removing the view can
-never reach through them into the host store or the cache. Elsewhere the view is a tree
-of hard links (every file linked, so the cost grows with the number of files), copies
-where the file system refuses a link (another file system, or protected_hardlinks). A
-symlink store path is recreated as a symlink in both cases.
+The view is a fresh directory in the run's private temp dir. Where hostrun may mount (as
+root) it stays empty on disk: the daemon's preexec makes the view inside its own private
+mount namespace (a tmpfs with a symlink or a read-only bind mount per store path,
+hostrun/storeview/mounts.py), so it costs a few system calls per path whatever the
+paths' sizes and vanishes with the daemon. Elsewhere the view is a tree of hard links
+(every file linked, so the cost grows with the number of files), copies where the file
+system refuses a link (another file system, or protected_hardlinks), and symlinks
+recreated.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostrun.storeview.mounts import ViewMounts
 from initbuilder.errors import InitkitError
 
 
@@ -46,50 +46,59 @@ class StoreView:
 
 @dataclass(frozen=True)
 class BuiltView:
-    """A view made on disk: the directory to serve and the bind mounts it still needs."""
+    """A view made on disk: the directory to serve and, when mounting, what the daemon
+    makes on it in its own mount namespace."""
 
     root: Path
-    binds: tuple[tuple[Path, Path], ...]  # (source, mount point), read-only
+    mounts: ViewMounts | None  # None: the directory holds the view (links and copies)
     linked_files: int = 0
     copied_files: int = 0
 
 
 def can_mount() -> bool:
-    """True if hostrun may make bind mounts in a private mount namespace (as root)."""
+    """True if hostrun may make mounts in a private mount namespace (as root)."""
     return os.geteuid() == 0
 
 
 def build_view(view: StoreView, root: Path, *, mounts: bool | None = None) -> BuiltView:
-    """Make ``root`` (must not exist) hold ``view``: mount points to bind (``mounts``;
-    default: when hostrun may mount) or links and copies."""
+    """Make ``root`` (must not exist) the directory that serves ``view``: an empty one
+    plus what the daemon mounts there (``mounts``; default: when hostrun may mount), or
+    a tree of links and copies."""
     use_mounts = can_mount() if mounts is None else mounts
+    kinds = [(entry, _kind(entry)) for entry in view.entries]
     root.mkdir(mode=0o755)
-    binds: list[tuple[Path, Path]] = []
+    if use_mounts:
+        return BuiltView(root, ViewMounts(
+            root,
+            symlinks=tuple((e.name, os.readlink(e.source)) for e, k in kinds if k == "link"),
+            binds=tuple((e.name, e.source, k == "dir") for e, k in kinds if k != "link"),
+        ))
     counts = [0, 0]  # linked, copied
-    for entry in view.entries:
+    for entry, kind in kinds:
         target = root / entry.name
-        try:
-            st = os.lstat(entry.source)
-        except OSError as exc:
-            raise InitkitError(f"/nix/store/{entry.name} (from {entry.origin}): "
-                               f"{entry.source}: {exc.strerror}") from None
-        if stat.S_ISLNK(st.st_mode):
+        if kind == "link":
             os.symlink(os.readlink(entry.source), target)
-        elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-            raise InitkitError(f"/nix/store/{entry.name} (from {entry.origin}): "
-                               f"{entry.source} is neither a file, a directory nor a "
-                               "symlink; a store path cannot be one")
-        elif use_mounts:
-            if stat.S_ISDIR(st.st_mode):
-                target.mkdir()
-            else:
-                target.touch(mode=0o444)
-            binds.append((entry.source, target))
-        elif stat.S_ISDIR(st.st_mode):
+        elif kind == "dir":
             _link_tree(entry.source, target, counts)
         else:
             _link_or_copy(entry.source, target, counts)
-    return BuiltView(root, tuple(binds), linked_files=counts[0], copied_files=counts[1])
+    return BuiltView(root, None, linked_files=counts[0], copied_files=counts[1])
+
+
+def _kind(entry: ViewEntry) -> str:
+    try:
+        st = os.lstat(entry.source)
+    except OSError as exc:
+        raise InitkitError(f"/nix/store/{entry.name} (from {entry.origin}): "
+                           f"{entry.source}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        return "link"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    if stat.S_ISREG(st.st_mode):
+        return "file"
+    raise InitkitError(f"/nix/store/{entry.name} (from {entry.origin}): {entry.source} is "
+                       "neither a file, a directory nor a symlink; a store path cannot be one")
 
 
 def _link_tree(source: Path, target: Path, counts: list[int]) -> None:

@@ -146,9 +146,8 @@ def test_ctrl_c_removes_the_view(hostrun_cli, nix_outputs: NixOutputs) -> None:
     while time.monotonic() < deadline and not any("qemu-system" in p
                                                   for p in run.processes()):
         time.sleep(0.05)
-    views = list(run.tmpdir.glob("hostrun-*/store/*"))
-    assert {p.name for p in views} == {os.path.basename(p)
-                                       for p in requisites(nix_outputs.hello)}
+    views = list(run.tmpdir.glob("hostrun-*/store"))
+    assert len(views) == 1 and list(views[0].iterdir()) == []  # made in the daemon's namespace
     time.sleep(1.0)
     run.proc.send_signal(signal.SIGINT)
     assert run.finish() == ExitCode.INTERRUPTED

@@ -1,4 +1,4 @@
-"""The view directory: bind mounts in a child's private mount namespace, or links."""
+"""The view: made in a child's private mount namespace, or a tree of links."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from realparts import missing_part
 
 from hostrun.procs import child_setup
+from hostrun.storeview.mounts import ViewMounts
 from hostrun.storeview.view import StoreView, ViewEntry, build_view
 from initbuilder.errors import InitkitError
 
@@ -28,46 +29,46 @@ def sources(tmp_path: Path) -> StoreView:
     return StoreView(tuple(ViewEntry(n, src / n, "test") for n in NAMES), "test")
 
 
-def test_mounts_are_seen_by_the_child_only_and_read_only(tmp_path: Path) -> None:
+def test_the_view_is_made_in_the_child_only_and_read_only(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        missing_part("bind mounts need root")
+        missing_part("mounts need root")
     view = sources(tmp_path)
     built = build_view(view, tmp_path / "view", mounts=True)
-    assert [t.name for _, t in built.binds] == list(NAMES[:2])  # the symlink is recreated
-    # By path, not cwd: a cwd set before the mounts would still be the directory below.
-    script = (f"cd {built.root} && cat {NAMES[0]}/bin/tool {NAMES[0]}/lib/tool {NAMES[1]}; "
-              f"readlink {NAMES[2]}; touch {NAMES[0]}/new 2>&1; touch new 2>&1; true")
-    proc = subprocess.run(["/bin/sh", "-c", script], capture_output=True,
-                          text=True, check=True, timeout=30,
-                          preexec_fn=child_setup(readonly=built.root, binds=built.binds))
+    assert built.mounts is not None
+    assert [name for name, _, _ in built.mounts.binds] == list(NAMES[:2])
+    assert built.mounts.symlinks == ((NAMES[2], f"/nix/store/{NAMES[0]}/bin"),)
+    script = (f"cd {built.root} && ls; cat {NAMES[0]}/bin/tool {NAMES[0]}/lib/tool "
+              f"{NAMES[1]}; readlink {NAMES[2]}; touch {NAMES[0]}/new 2>&1; "
+              "touch new 2>&1; true")
+    proc = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True,
+                          check=True, timeout=30, preexec_fn=child_setup(view=built.mounts))
     lines = proc.stdout.splitlines()
-    assert lines[:4] == ["tool", "tool", "a file path", f"/nix/store/{NAMES[0]}/bin"]
+    assert lines[:7] == [*NAMES, "tool", "tool", "a file path", f"/nix/store/{NAMES[0]}/bin"]
     assert proc.stdout.count("Read-only file system") == 2, proc.stdout
-    # hostrun's own namespace sees empty mount points: removing them touches no source.
-    assert list((built.root / NAMES[0]).iterdir()) == []
-    assert (built.root / NAMES[1]).read_text() == ""
+    # hostrun's own namespace sees an empty directory: removing it touches no source.
+    assert list(built.root.iterdir()) == []
     shutil.rmtree(built.root)
     assert (tmp_path / "src" / NAMES[0] / "bin" / "tool").read_text() == "tool\n"
+    with open("/proc/self/mountinfo") as f:
+        assert str(built.root) not in f.read()
 
 
 def test_a_failing_bind_ends_the_child_with_a_message(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        missing_part("bind mounts need root")
+        missing_part("mounts need root")
     (tmp_path / "view").mkdir()
-    target = tmp_path / "view" / "x"
-    target.mkdir()
+    mounts = ViewMounts(tmp_path / "view", binds=(("x", tmp_path / "gone", True),))
     proc = subprocess.run(["/bin/true"], capture_output=True, timeout=30,
-                          preexec_fn=child_setup(readonly=tmp_path / "view",
-                                                 binds=((tmp_path / "gone", target),)))
+                          preexec_fn=child_setup(view=mounts))
     assert proc.returncode == 126
-    assert f"hostrun: cannot bind {tmp_path}/gone on {target}: No such file".encode() \
-        in proc.stderr
+    assert (f"hostrun: cannot bind {tmp_path}/gone on {tmp_path}/view/x: No such file"
+            .encode()) in proc.stderr
 
 
 def test_links_share_inodes_with_the_sources(tmp_path: Path) -> None:
     view = sources(tmp_path)
     built = build_view(view, tmp_path / "view", mounts=False)
-    assert built.binds == () and built.copied_files == 0 and built.linked_files == 2
+    assert built.mounts is None and built.copied_files == 0 and built.linked_files == 2
     tool = built.root / NAMES[0] / "bin" / "tool"
     assert tool.stat().st_ino == (tmp_path / "src" / NAMES[0] / "bin" / "tool").stat().st_ino
     assert os.readlink(built.root / NAMES[0] / "lib") == "bin"

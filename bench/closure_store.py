@@ -1,0 +1,143 @@
+"""How long a closure store view takes to set up, and a 50 MB NAR to unpack.
+
+Run: python bench/closure_store.py [--runs N] (as root for the mount figures; needs
+nix-store for --dump, xz and zstd to compress the NAR)
+
+- view setup for 1, 100 and 2,000 synthetic store paths (each a directory with a
+  file): build_view() plus a child started with the daemon's preexec
+  (hostrun/procs.py), which makes the view in its private mount namespace (a tmpfs, a
+  mount point and a read-only bind per path), minus the same child without a view;
+  and, for comparison, the hard-link fallback (no root), whose cost follows the
+  number of files.
+- a 50 MB NAR (25 files of random bytes, 25 of text; xz, zstd and none): the first
+  fetch (FileHash over the file, decompress, NarHash, unpack, rename into the cache)
+  and the cached one (the entry exists: a lookup).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hostrun.procs import child_setup
+from hostrun.storeview import nixbase32
+from hostrun.storeview.nar import make_removable
+from hostrun.storeview.narinfo import parse_narinfo
+from hostrun.storeview.substituter import cached_entry, fetch_nar
+from hostrun.storeview.view import StoreView, ViewEntry, build_view
+
+
+def timed_ms(runs: int, func: Callable[[], object],
+             before: Callable[[], object] = lambda: None) -> tuple[float, float]:
+    """Median and minimum of ``func``'s wall time over ``runs`` calls (``before`` runs
+    untimed ahead of each), in ms, after one warm-up call."""
+    times = []
+    for i in range(runs + 1):
+        before()
+        start = time.perf_counter()
+        func()
+        if i:
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), min(times)
+
+
+def synthetic_store(root: Path, count: int) -> StoreView:
+    root.mkdir(parents=True)
+    entries = []
+    for i in range(count):
+        name = nixbase32.encode(hashlib.sha1(b"%d" % i).digest()) + f"-path{i}"
+        (root / name / "bin").mkdir(parents=True)
+        (root / name / "bin" / "prog").write_text(f"path {i}\n")
+        entries.append(ViewEntry(name, root / name, "bench"))
+    return StoreView(tuple(entries), "bench")
+
+
+def view_figures(runs: int, work: Path) -> None:
+    for count in (1, 100, 2000):
+        view_figure(runs, synthetic_store(work / f"store{count}", count), work / "view")
+
+
+def view_figure(runs: int, view: StoreView, target: Path) -> None:
+    count = len(view.entries)
+
+    def clear() -> None:
+        shutil.rmtree(target, ignore_errors=True)
+
+    def spawn(mounts: bool) -> None:
+        built = build_view(view, target, mounts=True) if mounts else None
+        subprocess.run(["/bin/true"], check=True,
+                       preexec_fn=child_setup(view=built.mounts if built else None))
+
+    if os.geteuid() == 0:
+        with_mounts, best = timed_ms(runs, lambda: spawn(True), clear)
+        bare, _ = timed_ms(runs, lambda: spawn(False), clear)
+        print(f"{count:5} paths: view made in the namespace {with_mounts - bare:8.1f} ms "
+              f"(min {best - bare:.1f}; the child's start alone {bare:.1f} ms)")
+    linked, best = timed_ms(runs, lambda: build_view(view, target, mounts=False), clear)
+    print(f"{count:5} paths: view of hard links         {linked:8.1f} ms (min {best:.1f})")
+    clear()
+
+
+def nar_figures(runs: int, work: Path) -> None:
+    tree = work / "big"
+    tree.mkdir()
+    text = b"".join(b"line %d of a text file in a store path\n" % i for i in range(30000))
+    for i in range(25):
+        (tree / f"random{i:02}").write_bytes(os.urandom(1 << 20))
+        (tree / f"text{i:02}").write_bytes((text * 2)[: 1 << 20])
+    nar_bytes = subprocess.run(["nix-store", "--dump", str(tree)], check=True,
+                               capture_output=True).stdout
+    print(f"NAR: {len(nar_bytes) / 1e6:.1f} MB")
+    nar_hash = hashlib.sha256(nar_bytes).digest()
+    for compression, argv, suffix in (("xz", ["xz", "-T0", "-6", "-c"], ".xz"),
+                                      ("zstd", ["zstd", "-T0", "-3", "-c"], ".zst"),
+                                      ("none", None, "")):
+        data = (subprocess.run(argv, input=nar_bytes, check=True,
+                               capture_output=True).stdout if argv else nar_bytes)
+        nar_file = work / f"big.nar{suffix}"
+        nar_file.write_bytes(data)
+        info = parse_narinfo(
+            f"StorePath: /nix/store/{'0' * 32}-big\nURL: {nar_file.name}\n"
+            f"Compression: {compression}\n"
+            f"FileHash: sha256:{nixbase32.encode(hashlib.sha256(data).digest())}\n"
+            f"FileSize: {len(data)}\nNarHash: sha256:{nixbase32.encode(nar_hash)}\n"
+            f"NarSize: {len(nar_bytes)}\n", source="bench")
+        entry = cached_entry(info)
+
+        def forget(entry: Path = entry) -> None:
+            if os.path.lexists(entry):
+                make_removable(entry)
+                shutil.rmtree(entry)
+
+        first, best = timed_ms(runs, lambda: fetch_nar(nar_file, info), forget)  # noqa: B023
+        cached, cbest = timed_ms(runs, lambda: fetch_nar(nar_file, info))  # noqa: B023
+        print(f"50 MB NAR, {compression:4} ({len(data) / 1e6:5.1f} MB file): first "
+              f"{first:7.1f} ms (min {best:.1f}), cached {cached:.3f} ms (min {cbest:.3f})")
+        nar_file.unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="closure-bench-") as tmp:
+        work = Path(tmp)
+        os.environ["INITKIT_CACHE"] = str(work / "cache")
+        view_figures(args.runs, work)
+        nar_figures(args.runs, work)
+        make_removable(work / "cache")
+
+
+if __name__ == "__main__":
+    main()
