@@ -92,7 +92,7 @@ def main(kernel: Path | None, initrd: Path | None, store: Path, closure: tuple[s
     Examples:
       hostrun --exec /nix/store/...-hello/bin/hello
       hostrun --store ./store --run 'ls /nix/store | wc -l'
-      hostrun --closure ./result --exec ./result/bin/hello
+      hostrun --closure ./result --exec /nix/store/...-hello/bin/hello
       hostrun --shell
     """
     from hostrun.action import action_words, guest_action_key, without_actions
