@@ -6,8 +6,10 @@ before a byte of it is decompressed, then it is unpacked into a temporary direct
 the NAR bytes are hashed, and only if NarHash and NarSize match is it renamed into place
 as ``cache_dir("store", "nar")/<NarHash in base 32>``, content-addressed: two caches (or
 two names) with the same contents share one entry. On any failure the temporary directory
-is removed, so the cache only ever holds verified, complete entries; two runs unpacking
-the same NAR at once each write their own and the first rename wins.
+is removed, so the cache only ever holds verified, complete entries (one left by a
+process killed mid-unpack is removed by the next unpack); two runs unpacking the same NAR
+at once each write their own and the first rename wins. The decompressed stream may not
+exceed NarSize, so a lying cache cannot fill the disk beyond what it declared.
 """
 
 from __future__ import annotations
@@ -32,17 +34,24 @@ HASH_READ = 1 << 20
 
 
 class HashingReader:
-    """``read(n)`` that also hashes and counts what passes through."""
+    """``read(n)`` that also hashes and counts what passes through, and refuses to go
+    past ``limit`` bytes (a NAR's NarSize: what the narinfo promised bounds the disk an
+    unpack may fill, whatever the compressed data expands to)."""
 
-    def __init__(self, stream: BinaryIO | DecompressingReader) -> None:
+    def __init__(self, stream: BinaryIO | DecompressingReader, limit: int, what: str) -> None:
         self.stream = stream
+        self.limit = limit
+        self.what = what
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def read(self, size: int, /) -> bytes:
-        data = self.stream.read(size)
+        data = self.stream.read(min(size, self.limit + 1 - self.size))
         self.sha256.update(data)
         self.size += len(data)
+        if self.size > self.limit:
+            raise InitkitError(f"{self.what}: the NAR is longer than its NarSize "
+                               f"({self.limit} bytes); refused")
         return data
 
 
@@ -126,9 +135,12 @@ def fetch_nar(nar_file: Path, info: NarInfo) -> Path:
     with raw:
         _check_file_hash(raw, info, what)
         raw.seek(0)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
+        _remove_abandoned(entry.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.{os.getpid()}.", suffix=".tmp",
+                                    dir=entry.parent))
         try:
-            stream = HashingReader(DecompressingReader(raw, info.compression, what))
+            stream = HashingReader(DecompressingReader(raw, info.compression, what),
+                                   info.nar_size, what)
             unpack_nar(stream, tmp / "root", what=what)
             if stream.read(1):
                 raise InitkitError(f"{what}: data after the end of the NAR; refused")
@@ -151,6 +163,20 @@ def fetch_nar(nar_file: Path, info: NarInfo) -> Path:
     if not os.path.lexists(entry):
         raise InitkitError(f"{what}: could not be put into the cache at {entry}")
     return entry
+
+
+def _remove_abandoned(directory: Path) -> None:
+    """Remove the temporary unpack directories of processes that are gone (killed with
+    SIGKILL mid-unpack: the only way one is left behind)."""
+    for name in os.listdir(directory):
+        parts = name.split(".")
+        if not (name.startswith(".") and name.endswith(".tmp") and len(parts) == 5
+                and parts[2].isdigit()):
+            continue
+        if parts[2] != str(os.getpid()) and not os.path.exists(f"/proc/{parts[2]}"):
+            with contextlib.suppress(OSError):
+                make_removable(directory / name)
+            shutil.rmtree(directory / name, ignore_errors=True)
 
 
 def _check_file_hash(raw: BinaryIO, info: NarInfo, what: str) -> None:

@@ -158,3 +158,30 @@ def test_cache_for_another_store_dir_is_refused(tmp_path: Path) -> None:
     (tmp_path / "nix-cache-info").write_text("StoreDir: /gnu/store\n")
     with pytest.raises(InitkitError, match="its StoreDir is /gnu/store"):
         FileBinaryCache(f"file://{tmp_path}")
+
+
+def test_a_nar_longer_than_its_nar_size_is_cut_off(tmp_path: Path, private_cache: Path) -> None:
+    """A NAR that expands past its NarSize (here a 64 MiB file where NarSize says 1 KiB)
+    is refused once NarSize is passed: what a cache declares bounds the disk it fills."""
+    name = "0c1ml0w7cbk1yr2x6q6x9fl0fnx0qxr8-big"
+    big = nar(regular(b"\0" * (64 << 20)))
+    info = write_cache_entry(tmp_path / "cache", name, big, compression="none")
+    info.write_text(re.sub(r"^(NarSize|FileSize|FileHash): .*\n", "", info.read_text(),
+                           flags=re.M) + "NarSize: 1024\n")
+    with pytest.raises(InitkitError, match=r"longer than its NarSize \(1024 bytes\); refused"):
+        closure_from(tmp_path / "cache", tmp_path, f"/nix/store/{name}")
+    assert cache_leftovers(private_cache) == []
+
+
+def test_what_a_killed_unpack_left_is_removed_by_the_next(tmp_path: Path,
+                                                          private_cache: Path) -> None:
+    nar_dir = private_cache / "store" / "nar"
+    dead = nar_dir / ".0c1ml0w7cbk1yr2x6q6x9fl0fnx0qxr8.4194305.abc_123.tmp"  # > pid_max
+    alive = nar_dir / f".0c1ml0w7cbk1yr2x6q6x9fl0fnx0qxr8.{os.getppid()}.abc_123.tmp"
+    for leftover in (dead, alive):
+        (leftover / "root").mkdir(parents=True)
+        (leftover / "root").chmod(0o555)
+    name = "1b9p07z77phvv2hf6gm9f28syp39f1ag-small"
+    write_cache_entry(tmp_path / "cache", name, nar(regular(b"small")))
+    closure_from(tmp_path / "cache", tmp_path, f"/nix/store/{name}")
+    assert not dead.exists() and alive.exists()
