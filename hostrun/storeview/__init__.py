@@ -11,5 +11,6 @@ What is served is decided here, apart from which daemon serves it (hostrun/virti
 - ``substituter`` a ``file://`` binary cache → a verified, content-addressed cache entry
 - ``refscan``    the reference scanner (Nix's rule: hashes of known store paths in the bytes)
 - ``closure``    which paths the guest gets, and where each one comes from
-- ``view``       the directory the daemon serves, with its bind mounts
+- ``view``       the directory the daemon serves (links, or what the daemon mounts there)
+- ``mounts``     the view made in the daemon's private mount namespace: tmpfs + binds
 """

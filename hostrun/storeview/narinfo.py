@@ -5,6 +5,7 @@ file name or a check is validated here, before anything is read through it."""
 from __future__ import annotations
 
 import posixpath
+import urllib.parse
 from dataclasses import dataclass
 
 from hostrun.storeview.nixbase32 import STORE_DIR, is_store_name, parse_sha256
@@ -19,7 +20,7 @@ class NarInfo:
     """What a narinfo file says about one store path."""
 
     store_name: str  # <hash>-<name>, the base name under /nix/store
-    url: str  # the NAR file, relative to the cache
+    url: str  # the NAR file's path relative to the cache (URL-decoded, checked)
     compression: str  # one of COMPRESSIONS
     file_hash: bytes | None  # SHA-256 of the file at url (None: not given)
     file_size: int | None
@@ -55,8 +56,10 @@ def parse_narinfo(text: str, *, source: str) -> NarInfo:
     if directory != STORE_DIR or not is_store_name(name):
         raise InitkitError(f"{source}: StorePath {store_path!r} is not a path in {STORE_DIR}")
     url = need("URL")
-    parts = url.split("/")
-    if url.startswith("/") or "\\" in url or any(p in ("", ".", "..") for p in parts):
+    path = urllib.parse.unquote(url)  # checked as it will be opened: %2e%2e is ..
+    parts = path.split("/")
+    if (path.startswith("/") or "\\" in path or "\0" in path
+            or any(p in ("", ".", "..") for p in parts)):
         raise InitkitError(f"{source}: URL {url!r} leaves the cache directory; refused")
     compression = fields.get("Compression", "bzip2")  # Nix's default when none is named
     if compression not in COMPRESSIONS:
@@ -68,7 +71,7 @@ def parse_narinfo(text: str, *, source: str) -> NarInfo:
         if not is_store_name(ref):
             raise InitkitError(f"{source}: References names {ref!r}, not a store path")
     return NarInfo(
-        store_name=name, url=url, compression=compression,
+        store_name=name, url=path, compression=compression,
         file_hash=(parse_sha256(fields["FileHash"], what=f"{source}: FileHash")
                    if "FileHash" in fields else None),
         file_size=_size(fields, "FileSize", source) if "FileSize" in fields else None,

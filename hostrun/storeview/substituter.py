@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -80,7 +81,7 @@ class FileBinaryCache:
         """The narinfo of the store path with ``hash_part``, or None if the cache has none."""
         path = self.root / f"{hash_part}.narinfo"
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, "narinfo") as f:
                 data = f.read(MAX_NARINFO_BYTES + 1)
         except FileNotFoundError:
             return None
@@ -95,12 +96,23 @@ class FileBinaryCache:
         return info
 
     def nar_path(self, info: NarInfo) -> Path:
-        return self.root / urllib.parse.unquote(info.url)
+        return self.root / info.url
 
     def fetch(self, info: NarInfo) -> Path:
         """The verified, unpacked contents of ``info``'s NAR (a file, directory or
         symlink in initkit's cache), unpacked now if not there yet."""
         return fetch_nar(self.nar_path(info), info)
+
+
+def open_regular(path: Path, what: str) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (a FIFO or a device in a cache
+    would block or never end); InitkitError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InitkitError(f"{path}: the {what} is not a regular file; refused")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def parse_file_url(url: str) -> Path:
@@ -131,7 +143,7 @@ def fetch_nar(nar_file: Path, info: NarInfo) -> Path:
         return entry
     what = f"NAR {nar_file} (of /nix/store/{info.store_name}, from {info.source})"
     with reading(nar_file, f"NAR of /nix/store/{info.store_name} (from {info.source})"):
-        raw = open(nar_file, "rb")  # noqa: SIM115 (closed below; the reading() scope is the open)
+        raw = open_regular(nar_file, "NAR")  # closed below; reading() covers the open only
     with raw:
         _check_file_hash(raw, info, what)
         raw.seek(0)

@@ -185,3 +185,22 @@ def test_what_a_killed_unpack_left_is_removed_by_the_next(tmp_path: Path,
     write_cache_entry(tmp_path / "cache", name, nar(regular(b"small")))
     closure_from(tmp_path / "cache", tmp_path, f"/nix/store/{name}")
     assert not dead.exists() and alive.exists()
+
+
+def test_nar_url_encoded_dot_dot_is_refused(tmp_path: Path) -> None:
+    name = "0c1ml0w7cbk1yr2x6q6x9fl0fnx0qxr8-docs"
+    info = write_cache_entry(tmp_path / "cache", name, nar(regular(b"")))
+    info.write_text(re.sub(r"^URL: .*$", "URL: nar/%2e%2e/%2E%2E/etc/passwd",
+                           info.read_text(), flags=re.M))
+    with pytest.raises(InitkitError, match=r"URL 'nar/%2e%2e/.*leaves the cache directory"):
+        closure_from(tmp_path / "cache", tmp_path, f"/nix/store/{name}")
+
+
+def test_a_nar_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    name = "0c1ml0w7cbk1yr2x6q6x9fl0fnx0qxr8-docs"
+    info = write_cache_entry(tmp_path / "cache", name, nar(regular(b"")))
+    nar_file = tmp_path / "cache" / re.search(r"^URL: (.*)$", info.read_text(), re.M)[1]
+    nar_file.unlink()
+    os.mkfifo(nar_file)  # would block a reader for ever
+    with pytest.raises(InitkitError, match="the NAR is not a regular file; refused"):
+        closure_from(tmp_path / "cache", tmp_path, f"/nix/store/{name}")
