@@ -1,7 +1,8 @@
 """The directory a virtiofs daemon serves when the guest gets exactly a closure.
 
 The view is a fresh directory in the run's private temp dir. Where hostrun may mount (as
-root) it stays empty on disk: the daemon's preexec makes the view inside its own private
+root, where the kernel allows a private mount namespace: probed once) it stays empty on
+disk: the daemon's preexec makes the view inside its own private
 mount namespace (a tmpfs with a symlink or a read-only bind mount per store path,
 hostrun/storeview/mounts.py), so it costs a few system calls per path whatever the
 paths' sizes and vanishes with the daemon. Elsewhere the view is a tree of hard links
@@ -19,7 +20,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from hostrun.storeview.mounts import ViewMounts
+from hostrun.storeview.mounts import ViewMounts, mount_namespaces_work
 from initbuilder.errors import InitkitError
 
 
@@ -56,8 +57,9 @@ class BuiltView:
 
 
 def can_mount() -> bool:
-    """True if hostrun may make mounts in a private mount namespace (as root)."""
-    return os.geteuid() == 0
+    """True if hostrun may make mounts in a private mount namespace (root, where the
+    kernel lets it)."""
+    return mount_namespaces_work()
 
 
 def build_view(view: StoreView, root: Path, *, mounts: bool | None = None) -> BuiltView:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,41 @@ def test_a_store_path_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
     view = StoreView((ViewEntry(NAMES[0], tmp_path / NAMES[0], "--store x"),), "test")
     with pytest.raises(InitkitError, match="neither a file, a directory nor a symlink"):
         build_view(view, tmp_path / "view")
+
+
+def test_without_root_the_view_is_links(tmp_path: Path) -> None:
+    """The probe says yes as root; a process that may not mount (here: a forked child
+    turned into user nobody) gets the hard-link view without being told."""
+    if os.geteuid() != 0:
+        missing_part("needs root to become another user")
+    from hostrun.storeview.mounts import mount_namespaces_work
+
+    assert mount_namespaces_work()
+    # pytest's tmp_path is root's alone (0700 parents): use a directory nobody can reach.
+    shared = Path(tempfile.mkdtemp(prefix="initkit-view-"))
+    try:
+        shared.chmod(0o755)
+        view = sources(shared)
+        (shared / "out").mkdir(mode=0o777)
+        (shared / "out").chmod(0o777)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                mount_namespaces_work.cache_clear()
+                built = build_view(view, shared / "out" / "view")
+                said = f"{built.mounts} {built.linked_files + built.copied_files}"
+            except BaseException as exc:
+                said = repr(exc)
+            finally:
+                os.write(write, said.encode())
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as f:
+            said = f.read()
+        os.waitpid(pid, 0)
+        assert said.split() == ["None", "2"], said
+    finally:
+        shutil.rmtree(shared)
