@@ -92,7 +92,7 @@ def _store_view(request: Request, uses_store: bool, daemon: str) -> StoreView | 
                            "directory hostrun makes; use --daemon virtiofsd")
     from hostrun.storeview.closure import resolve_closure  # NAR readers: only when used
 
-    return resolve_closure(request.closure, request.store, request.substituters)
+    return resolve_closure(request.closure, request.store.absolute(), request.substituters)
 
 
 def find_kernel(kernel: Path | None) -> Path:

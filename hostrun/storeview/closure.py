@@ -153,9 +153,11 @@ class _Walk:
         names = []
         for digest in sorted(hashes):
             name = known[digest]
-            if name is None:
-                info = next(i for c in self.caches
-                            if (i := c.narinfo(digest.decode())) is not None)
+            if name is None:  # known by a narinfo file: its StorePath has the name
+                infos = (c.narinfo(digest.decode()) for c in self.caches)
+                info = next((i for i in infos if i is not None), None)
+                if info is None:
+                    continue  # the narinfo went away since the listing
                 name = known[digest] = info.store_name
             names.append(name)
         return names
