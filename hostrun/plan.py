@@ -25,6 +25,7 @@ VMMS = ("auto", "qemu", "cloud-hypervisor")
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 ACCEL_ENV = "HOSTRUN_ACCEL"
 KERNEL_ENV = "HOSTRUN_KERNEL"
+SILENCE_ENV = "HOSTRUN_SILENCE_NOTICE"
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Request:
     verbose: bool = False
     fs_tag: str = "tvix"
     initrd_files: list[str] = field(default_factory=list)  # extra host:guest files
+    silence_notice: float | None = None  # None: $HOSTRUN_SILENCE_NOTICE, else per accel
 
 
 def plan(request: Request) -> RunSpec:
@@ -71,7 +73,23 @@ def plan(request: Request) -> RunSpec:
         action=request.action, cpus=request.cpus, memory_mib=request.memory_mib,
         extra_cmdline=request.extra_cmdline, timeout=request.timeout,
         verbose=request.verbose, fs_tag=request.fs_tag,
+        silence_notice=_silence_notice(request.silence_notice),
     )
+
+
+def _silence_notice(given: float | None) -> float | None:
+    if given is not None:
+        return given
+    text = os.environ.get(SILENCE_ENV)
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise InitkitError(f"${SILENCE_ENV}={text!r}: give a positive number of seconds")
+    return seconds
 
 
 def find_kernel(kernel: Path | None) -> Path:
