@@ -30,6 +30,9 @@ _FINIT_MODULE = {
 }
 _TIOCSCTTY = {"mips": 0x5480, "mips64": 0x5480}
 _GENERIC_TIOCSCTTY = 0x540E
+# TCSBRK with a non-zero argument is tcdrain(3): wait until the tty has sent its output.
+_TCSBRK = {"mips": 0x5405, "mips64": 0x5405, "ppc64": 0x2000741D, "ppc64le": 0x2000741D}
+_GENERIC_TCSBRK = 0x5409
 CMDLINE_ENV = "INITKIT_TEST_CMDLINE"  # test-only: the command line when /proc's is not ours
 SHELL_CANDIDATES = (("/bin/sh",), ("/bin/busybox", "sh"))
 _WRITE_CHUNK = 1 << 16
@@ -394,8 +397,18 @@ class System:
             _signal.signal(signum, _signal.SIG_DFL)
         posix.execve(argv[0], list(argv), env)
 
+    def drain(self, fd: int) -> int:
+        """tcdrain(3) without termios: wait until the tty on ``fd`` has sent what was
+        written to it. 0, or -1 (errno kept) where ``fd`` is no tty."""
+        return int(self._ioctl(fd, _TCSBRK.get(self._machine, _GENERIC_TCSBRK), 1))
+
     def power_off(self) -> None:
-        """sync(2), then reboot(2) POWER_OFF; returns only if the kernel refused."""
+        """Let the console send what was written to it, sync(2), then reboot(2)
+        POWER_OFF; returns only if the kernel refused."""
+        # A tty write returns once the bytes are in the serial driver's buffer; powering
+        # off then can drop the last of them, the status record included (seen with
+        # Debian 13's kernel on QEMU 10 now and then). Not a tty: nothing to wait for.
+        self.drain(1)
         posix.sync()
         if self._reboot(RB_POWER_OFF) != 0:
             _raise_errno(self._get_errno(), "reboot")

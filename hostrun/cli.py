@@ -35,7 +35,7 @@ HOSTRUN_KERNEL (default --kernel), HOSTRUN_ACCEL (default --accel), INITKIT_CACH
                                  "allow_interspersed_args": False})
 @click.option("--kernel", type=click.Path(path_type=Path),
               help="Kernel image: bzImage or vmlinux. Default: $HOSTRUN_KERNEL, else "
-                   "Debian 12's kernel, fetched into the cache on first use.")
+                   "this Debian release's kernel, fetched into the cache on first use.")
 @click.option("--initrd", type=click.Path(path_type=Path),
               help="Initrd to boot. Default: initbuilder's for the kernel (its modules, the "
                    "guest init, busybox), built once and cached.")

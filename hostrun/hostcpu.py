@@ -176,7 +176,7 @@ def _probe_kvm(qemu: str, vmlinux: str) -> bool:
 
     from hostrun.procs import child_setup, stop_process
 
-    argv = [qemu, "-M", "microvm,accel=kvm,x-option-roms=off", "-m", "128M", "-nodefaults",
+    argv = [qemu, "-M", "microvm,accel=kvm", "-m", "128M", "-nodefaults",
             "-no-user-config", "-display", "none", "-no-reboot", "-kernel", vmlinux,
             "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1", "-serial", "stdio"]
     try:

@@ -26,6 +26,7 @@ VMMS = ("auto", "qemu", "cloud-hypervisor")
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 ACCEL_ENV = "HOSTRUN_ACCEL"
 KERNEL_ENV = "HOSTRUN_KERNEL"
+SILENCE_ENV = "HOSTRUN_SILENCE_NOTICE"
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Request:
     verbose: bool = False
     fs_tag: str = "tvix"
     initrd_files: list[str] = field(default_factory=list)  # extra host:guest files
+    silence_notice: float | None = None  # None: $HOSTRUN_SILENCE_NOTICE, else per accel
     # Exactly the closure of these store paths as /nix/store (store: where they are taken
     # from), paths missing there from these file:// binary caches, in order.
     closure: list[str] = field(default_factory=list)
@@ -76,8 +78,24 @@ def plan(request: Request) -> RunSpec:
         kernel=kernel_for(vmm, kernel), initrd=initrd, vmm=vmm, daemon=daemon, accel=accel,
         action=request.action, cpus=request.cpus, memory_mib=request.memory_mib,
         extra_cmdline=request.extra_cmdline, timeout=request.timeout,
-        verbose=request.verbose, fs_tag=request.fs_tag, store_view=store_view,
+        verbose=request.verbose, fs_tag=request.fs_tag,
+        silence_notice=_silence_notice(request.silence_notice), store_view=store_view,
     )
+
+
+def _silence_notice(given: float | None) -> float | None:
+    if given is not None:
+        return given
+    text = os.environ.get(SILENCE_ENV)
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise InitkitError(f"${SILENCE_ENV}={text!r}: give a positive number of seconds")
+    return seconds
 
 
 def _store_view(request: Request, uses_store: bool, daemon: str) -> StoreView | None:

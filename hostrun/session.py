@@ -42,6 +42,10 @@ STATUS_GRACE = 5.0  # seconds a guest may take to power off after its status lin
 PANIC_GRACE = 2.0  # seconds a panicked guest gets to stop on its own
 DAEMON_GRACE = 2.0  # seconds the VMM gets to exit after its daemon did (with status 0)
 IDLE_FLUSH = 0.2  # seconds before held bytes are shown anyway (terminal output only)
+# Seconds of a silent console after the VMM started before hostrun says it is still
+# waiting. With `quiet` the first byte is the init's, which takes up to ~6 s under TCG
+# on a slow machine with Debian's kernel, well under a second with KVM.
+SILENCE_NOTICE = {"tcg": 15.0, "kvm": 5.0}
 
 
 @dataclass
@@ -60,6 +64,7 @@ class RunSpec:
     timeout: float | None = None
     verbose: bool = False
     fs_tag: str = "tvix"
+    silence_notice: float | None = None  # None: SILENCE_NOTICE for the accelerator
     store_view: StoreView | None = None  # exactly these store paths (--closure), not a dir
 
 
@@ -125,6 +130,8 @@ class _Run:
         self.vmm_proc: subprocess.Popen[bytes] | None = None
         self.signals: list[int] = []
         self.escaped = False
+        self.argv: list[str] = []
+        self.got_output = False  # any byte at all on the console
 
     # -- the whole run --------------------------------------------------------------
     def run(self) -> Outcome:
@@ -167,7 +174,7 @@ class _Run:
             fs_queues=request_queues(spec.cpus, spec.daemon.max_request_queues),
             accel=spec.accel,
         )
-        argv = spec.vmm.argv(config)
+        argv = self.argv = spec.vmm.argv(config)
         log.info("booting: %s", shlex.join(argv))
         vmm_log = workdir / "vmm.log"
         try:
@@ -209,6 +216,10 @@ class _Run:
         polling = len(pidfds) < (2 if daemon else 1)  # no pidfd: poll the processes
         now = time.monotonic()
         timers = _Timers(deadline=now + self.spec.timeout if self.spec.timeout else None)
+        silence = self.spec.silence_notice
+        if silence is None:
+            silence = SILENCE_NOTICE.get(self.spec.accel, SILENCE_NOTICE["tcg"])
+        timers.start("silence", now, silence)
         last_data = now
         console_open = True
         try:
@@ -220,6 +231,9 @@ class _Run:
                                    host_signal=self.signals[0] if self.signals else None)
                 if timers.expired("deadline", now):
                     return Outcome(ExitCode.TIMEOUT)
+                if timers.expired("silence", now):
+                    timers.cancel("silence")
+                    self._notice_silence(silence)
                 vmm_alive = proc.poll() is None
                 if not vmm_alive and not console_open:
                     break
@@ -248,6 +262,9 @@ class _Run:
                             console_open = False
                         elif data:
                             last_data = time.monotonic()
+                            if not self.got_output:
+                                self.got_output = True
+                                timers.cancel("silence")
                             self._show(data, scanner, console_filter)
                             if scanner.status is not None:
                                 timers.start("status", last_data, STATUS_GRACE)
@@ -286,6 +303,8 @@ class _Run:
     def _explain(self, code: int, vmm_log: Path) -> str:
         """The one message for a run that ended without a guest status."""
         spec = self.spec
+        if code == ExitCode.TIMEOUT and not self.got_output:
+            return self._silent_guest(vmm_log)
         if code == ExitCode.TIMEOUT:
             return (f"the guest did not finish within --timeout {spec.timeout:g} s; "
                     "stopped the VM")
@@ -311,6 +330,28 @@ class _Run:
         return ("the guest stopped without reporting an exit status (kernel panic, init "
                 f"crash or a power-off before the program ended){hint}"
                 + (f"\n{spec.vmm.name} said:\n{vmm_err}" if vmm_err else ""))
+
+    def _notice_silence(self, seconds: float) -> None:
+        """Say why nothing happens yet (the run goes on until the guest or --timeout)."""
+        until = (f"--timeout {self.spec.timeout:g} s" if self.spec.timeout
+                 else "it finishes or you press Ctrl-C (no --timeout)")
+        log.warning("hostrun: the guest has printed nothing %g s after %s started; still "
+                    "waiting until %s. %s", seconds, self.spec.vmm.name, until,
+                    "Its command line:\n  " + shlex.join(self.argv)
+                    + ("" if self.spec.verbose else
+                       "\n(-v drops `quiet` and shows the kernel's own messages)"))
+
+    def _silent_guest(self, vmm_log: Path) -> str:
+        """The timeout message for a guest that never printed a byte."""
+        spec = self.spec
+        vmm_err = _tail(vmm_log)
+        return (f"the guest printed nothing in --timeout {spec.timeout:g} s: the kernel "
+                "never reached its console, or hung before it; stopped the VM. Check that "
+                f"the kernel boots on {spec.vmm.describe()} (QEMU's microvm takes an "
+                "x86-64 kernel with a PVH entry), and run with -v to see its messages. "
+                f"The command line was:\n  {shlex.join(self.argv)}"
+                + (f"\n{spec.vmm.name} said:\n{vmm_err}" if vmm_err else
+                   f"\n{spec.vmm.name} printed nothing on its stderr"))
 
     def _interrupt_code(self) -> int:
         if self.signals:

@@ -17,6 +17,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -202,7 +203,8 @@ class CVirtiofsd(VirtiofsDaemon):
 
 
 class RustVirtiofsd(VirtiofsDaemon):
-    """The Rust virtiofsd (``--shared-dir DIR``, ``--fd=N``, ``--readonly`` if new enough)."""
+    """The Rust virtiofsd (``--shared-dir DIR``, ``--fd=N``, ``--readonly`` if new enough),
+    in the strongest sandbox this machine lets it enter (see ``sandbox``)."""
 
     name = "virtiofsd (Rust)"
 
@@ -210,19 +212,147 @@ class RustVirtiofsd(VirtiofsDaemon):
         super().__init__(store)
         self.binary = binary
         self.help_text = help_text
+        self._sandbox: list[str | None] = []
+
+    @property
+    def sandbox(self) -> str | None:
+        """``--sandbox`` mode: namespace where it works, else chroot (root), else none;
+        None for a daemon without the option. Decided once per machine (sandbox_mode)."""
+        if not self._sandbox:
+            self._sandbox.append(sandbox_mode(self.binary, self.help_text))
+        return self._sandbox[0]
 
     def argv(self, socket_path: Path, fd: int | None) -> list[str]:
         argv = [self.binary, f"--fd={fd}", "--shared-dir", str(self.store), "--cache=auto"]
         if "--readonly" in self.help_text:
             argv.append("--readonly")
-        if os.geteuid() != 0 and "--sandbox" in self.help_text:
-            argv.append("--sandbox=none")  # namespaces need root or a user namespace
+        if self.sandbox is not None:
+            argv.append(f"--sandbox={self.sandbox}")
         if "--log-level" in self.help_text:
             argv.append("--log-level=warn")
         return argv
 
     def readonly_view(self) -> bool:
         return "--readonly" not in self.help_text and os.geteuid() == 0
+
+
+# -- the Rust daemon's sandbox --------------------------------------------------------
+# Strongest first. "namespace" (the default) pivots into the shared directory inside new
+# mount, pid and network namespaces; it fails where the root it starts from is no mount
+# point (a plain chroot: "Error entering sandbox: CleanMount(... EINVAL)") or namespaces
+# are refused (some containers). "chroot" needs root; "none" always works.
+SANDBOXES = ("namespace", "chroot", "none")
+_READY_LINE = b"Waiting for vhost-user socket connection"
+_PROBE_TIMEOUT = 5.0
+
+
+def sandbox_mode(binary: str, help_text: str) -> str | None:
+    """The strongest sandbox ``binary`` can enter here, found by starting it once per
+    mode and remembered per binary and host boot, so only the first run pays (~10 ms)."""
+    if "--sandbox" not in help_text:
+        return None
+    if os.geteuid() != 0:
+        return "none"  # namespace and chroot need root (or a user namespace set up for it)
+    from initbuilder.cache import cache_dir
+
+    note = cache_dir("hostrun", "sandbox") / _identity_key(binary, _boot_id())
+    with contextlib.suppress(OSError):
+        known = note.read_text().partition("\n")[0].strip()
+        if known in SANDBOXES:
+            log.debug("virtiofsd sandbox: %s (remembered in %s)", known, note)
+            return known
+    failures: list[str] = []
+    chosen = "none"
+    for mode in SANDBOXES:
+        ok, why = probe_sandbox(binary, mode, readonly="--readonly" in help_text)
+        if ok:
+            chosen = mode
+            break
+        failures.append(f"--sandbox={mode}: {why}")
+        log.info("virtiofsd cannot enter its %s sandbox here (%s); trying the next", mode, why)
+    log.info("virtiofsd sandbox: %s (decided once for this machine; remembered in %s)",
+             chosen, note)
+    _write_note(note, chosen + "\n" + "".join(f"# {f}\n" for f in failures))
+    return chosen
+
+
+def probe_sandbox(binary: str, mode: str, *, readonly: bool = False) -> tuple[bool, str]:
+    """Start ``binary`` on a scratch socket and directory with ``--sandbox=mode``:
+    (True, "") once it waits for a connection, else (False, what it said)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hostrun-sandbox-") as tmp:
+        shared = Path(tmp, "shared")
+        shared.mkdir()
+        argv = [binary, f"--socket-path={tmp}/probe.sock", f"--shared-dir={shared}",
+                f"--sandbox={mode}", "--log-level=info"]
+        if readonly:
+            argv.append("--readonly")
+        log.debug("virtiofsd sandbox probe: %s", shlex.join(argv))
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=child_setup())
+        except OSError as exc:
+            return False, exc.strerror or str(exc)
+        assert proc.stdout is not None
+        output = b""
+        try:
+            deadline = time.monotonic() + _PROBE_TIMEOUT
+            os.set_blocking(proc.stdout.fileno(), False)
+            while _READY_LINE not in output:
+                if time.monotonic() > deadline:
+                    return False, f"not ready within {_PROBE_TIMEOUT:g} s"
+                chunk = _read_within(proc.stdout.fileno(), deadline)
+                if chunk == b"":  # closed: it exited
+                    proc.wait()
+                    break
+                output = (output + (chunk or b""))[-8192:]
+            if _READY_LINE in output:
+                return True, ""
+            last = output.decode(errors="replace").strip().splitlines()
+            return False, (last[-1] if last else f"exited with status {proc.returncode}")
+        finally:
+            stop_process(proc, grace=1.0)
+            proc.stdout.close()
+
+
+def _read_within(fd: int, deadline: float) -> bytes | None:
+    """What ``fd`` has before ``deadline`` (b"" at end of file, None if nothing yet)."""
+    import select
+
+    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    if not ready:
+        return None
+    try:
+        return os.read(fd, 4096)
+    except BlockingIOError:
+        return None
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def _identity_key(binary: str, *extra: str) -> str:
+    """A cache key for what a note says about one binary file (path, size, mtime, inode)."""
+    st = os.stat(binary)
+    return hashlib.sha256(f"{os.path.abspath(binary)}:{st.st_size}:{st.st_mtime_ns}:"
+                          f"{st.st_ino}:{':'.join(extra)}".encode()).hexdigest()[:32]
+
+
+def _write_note(note: Path, text: str) -> None:
+    tmp = note.with_name(f".{note.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, note)
+    except OSError as exc:  # only a lost memo: the next run decides again
+        log.debug("cannot remember %s: %s", note, exc)
+        tmp.unlink(missing_ok=True)
 
 
 class TvixStore(VirtiofsDaemon):
@@ -292,11 +422,9 @@ def _help_text(binary: str) -> str | None:
     from initbuilder.cache import cache_dir
 
     try:
-        st = os.stat(binary)
+        key = _identity_key(binary)
     except OSError:
         return None
-    key = hashlib.sha256(f"{os.path.abspath(binary)}:{st.st_size}:{st.st_mtime_ns}:"
-                         f"{st.st_ino}".encode()).hexdigest()[:32]
     note = cache_dir("hostrun", "daemon-help") / key
     with contextlib.suppress(OSError):
         return note.read_text()
@@ -306,9 +434,7 @@ def _help_text(binary: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     text = (proc.stdout + proc.stderr).decode(errors="replace")
-    tmp = note.with_name(f".{key}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, note)
+    _write_note(note, text)
     return text
 
 

@@ -1,6 +1,7 @@
 """Virtual machine monitors: a ``BootConfig`` becomes the argv of one VMM.
 
-Pure argv construction, no processes: ``session.py`` runs what these return. Both
+Argv construction, no processes (``session.py`` runs what these return); only
+``describe()``, for the message about a failed boot, asks the binary its version. Both
 VMMs get the guest's serial console on their stdin/stdout (hostrun hands them pipes)
 and the store as a vhost-user-fs device with the tag the guest mounts.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +89,17 @@ class Vmm(ABC):
 
     @abstractmethod
     def install_hint(self) -> str: ...
+
+    def describe(self) -> str:
+        """The VMM and its version, for messages about a failed boot (asks the binary;
+        only failures pay for it)."""
+        try:
+            proc = subprocess.run([self.binary, "--version"], capture_output=True,
+                                  timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return self.binary
+        first = proc.stdout.decode(errors="replace").strip().splitlines()
+        return f"{self.binary} ({first[0]})" if first else self.binary
 
     @abstractmethod
     def accepts_bzimage(self) -> bool:
@@ -189,7 +202,7 @@ class Qemu(Vmm):
         cpu = ["-cpu", TCG_CPU] if config.accel == "tcg" else []
         return [
             self.binary,
-            "-M", f"microvm,accel={config.accel},memory-backend=mem,x-option-roms=off",
+            "-M", f"microvm,accel={config.accel},memory-backend=mem",
             *cpu,
             "-m", mem,
             "-smp", str(config.cpus),

@@ -5,15 +5,19 @@ installed, no maintainer scripts or hooks run. Each package lands in its own dir
 ``cache_dir("kernels")``, built in a temporary directory and renamed into place, so two
 processes fetching at once cannot see half a tree. Once a kernel is in the cache, later calls
 use it without asking apt (offline, instant) unless ``refresh`` is set.
+
+Debian 12 names its kernel linux-image-6.1.0-N-amd64 and keeps modules under lib/modules;
+Debian 13 names it linux-image-6.12.N+deb13-amd64 and keeps them under usr/lib/modules.
+Both are read. The other release's kernel is fetched through a private apt state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +28,19 @@ from initbuilder.errors import InitkitError
 
 log = logging.getLogger("initkit.kernelfetch")
 
-# The generic amd64 flavour; -cloud lacks drivers QEMU offers, -rt is another scheduler,
-# -unsigned and -dbg are not bootable images.
-DEFAULT_PACKAGE_RE = re.compile(r"^linux-image-6\.1\.0-(\d+)-amd64$")
+# The generic amd64 flavour of either naming: Debian 12's linux-image-6.1.0-28-amd64 (an
+# ABI number) and Debian 13's linux-image-6.12.57+deb13-amd64. -cloud lacks drivers QEMU
+# offers, -rt is another scheduler, -unsigned and -dbg are not bootable images.
+DEFAULT_PACKAGE_RE = re.compile(r"^linux-image-(\d+\.\d+)\.\d+(?:-\d+|\+deb\d+)-amd64$")
+META_PACKAGE = "linux-image-amd64"  # depends on the release's current kernel
+# Each release's kernel series: a cached kernel of the running release's series is the
+# default, so a machine that also fetched the other release's kernel keeps its own.
+RELEASES = {"bookworm": ("12", "6.1"), "trixie": ("13", "6.12")}
 PACKAGE_ENV = "INITKIT_KERNEL_PACKAGE"
 _STAMP = "initkit-fetched.json"
 _APT_LISTS = Path("/var/lib/apt/lists")
+_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+_DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,7 @@ class FetchedKernel:
     version: str  # the kernel release, `uname -r` inside the guest
     root: Path  # the unpacked package
     bzimage: Path
-    modules_dir: Path  # <root>/lib/modules/<version>
+    modules_dir: Path  # <root>/lib/modules/<version> (usr/lib/modules on Debian 13)
     config: Path | None
 
 
@@ -50,83 +61,185 @@ def kernels_dir() -> Path:
     return cache_dir("kernels")
 
 
+def running_release() -> str | None:
+    """The Debian release this machine runs (bookworm, trixie), or None elsewhere."""
+    try:
+        major = Path("/etc/debian_version").read_text().strip().split(".")[0]
+    except OSError:
+        return None
+    for name, (number, _series) in RELEASES.items():
+        if major == number or major.startswith(name):
+            return name
+    return None
+
+
 def fetch_debian_kernel(
-    cache: Path | None = None, package: str | None = None, *, refresh: bool = False
+    cache: Path | None = None, package: str | None = None, *, refresh: bool = False,
+    release: str | None = None,
 ) -> FetchedKernel:
     """Return an unpacked Debian kernel package, downloading it on first use.
 
-    ``package`` defaults to $INITKIT_KERNEL_PACKAGE, else the newest kernel already in the
-    cache, else the newest ``linux-image-6.1.0-N-amd64`` apt knows (always apt's newest with
-    ``refresh``).
+    ``release`` (bookworm, trixie) defaults to the running one; another release is asked
+    through a private apt state in the cache, never the system's. ``package`` defaults to
+    $INITKIT_KERNEL_PACKAGE, else the newest cached kernel of that release, else the one
+    ``linux-image-amd64`` depends on (always apt's current one with ``refresh``).
     """
     root = Path(cache) if cache is not None else kernels_dir()
     root.mkdir(parents=True, exist_ok=True)
+    if release is not None and release not in RELEASES:
+        raise InitkitError(f"release {release!r} is not known; use one of "
+                           f"{', '.join(RELEASES)}")
     package = package or os.environ.get(PACKAGE_ENV) or None
+    target = release or running_release()
     if package is None and not refresh:
-        cached = cached_kernels(root)
+        cached = [k for k in cached_kernels(root) if _of_release(k, target)]
         if cached:
             return cached[-1]
+    if package is not None:  # a cached package needs no apt at all (offline)
+        _check_package_name(package)
+        found = _load(root / package)
+        if found is not None:
+            return found
+    apt = AptSource.for_release(release)
     if package is None:
-        package = newest_package()
-    _check_package_name(package)
-    found = _load(root / package)
-    if found is not None:
-        return found
-    return _download_and_unpack(root, package)
+        package = apt.current_kernel()
+        _check_package_name(package)
+        found = _load(root / package)
+        if found is not None:
+            return found
+    return _download_and_unpack(root, package, apt)
+
+
+def _of_release(kernel: FetchedKernel, release: str | None) -> bool:
+    if release is None:
+        return True
+    return kernel.version.startswith(RELEASES[release][1] + ".")
 
 
 def cached_kernels(cache: Path | None = None) -> list[FetchedKernel]:
-    """Kernels already unpacked in the cache, oldest ABI first."""
+    """Kernels already unpacked in the cache, oldest first."""
     root = Path(cache) if cache is not None else kernels_dir()
     if not root.is_dir():
         return []
     found = [k for d in sorted(root.iterdir()) if d.is_dir() and (k := _load(d)) is not None]
-    return sorted(found, key=lambda k: _abi_key(k.package))
+    return sorted(found, key=lambda k: (_numbers(k.package_version), _numbers(k.package)))
 
 
 def newest_package() -> str:
-    """The newest default-flavour kernel package apt knows (runs apt-get update once if
-    apt has no package lists)."""
-    names = _apt_kernel_names()
-    if not names and not _apt_lists_present():
-        _apt_update()
-        names = _apt_kernel_names()
-    if not names:
-        raise InitkitError(
-            "apt knows no linux-image-6.1.0-N-amd64 package; add a Debian 12 (bookworm) "
-            "source to /etc/apt/sources.list and run apt-get update, or pass --package"
+    """The running release's current default-flavour kernel package."""
+    return AptSource.for_release(None).current_kernel()
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    """Version order that is good enough for kernel package versions and names."""
+    return tuple(int(n) for n in re.findall(r"\d+", text))
+
+
+class AptSource:
+    """apt as the system has it, or a private state for another release (its own
+    sources.list, lists and empty dpkg status under the cache: the system's apt set-up
+    is never touched)."""
+
+    def __init__(self, options: list[str], release: str | None, private: Path | None) -> None:
+        self.options = options
+        self.release = release
+        self.private = private
+
+    @classmethod
+    def for_release(cls, release: str | None) -> AptSource:
+        if release is None or release == running_release():
+            return cls([], release, None)
+        state = cache_dir("apt", release)
+        sources = state / "sources.list"
+        mirror = debian_mirror()
+        security = re.sub(r"/debian/?$", "/debian-security", mirror)
+        text = (f"deb [signed-by={_KEYRING}] {mirror} {release} main\n"
+                f"deb [signed-by={_KEYRING}] {mirror} {release}-updates main\n"
+                f"deb [signed-by={_KEYRING}] {security} {release}-security main\n")
+        for sub in ("lists/partial", "cache/archives/partial", "parts"):
+            (state / sub).mkdir(parents=True, exist_ok=True)
+        if not sources.exists() or sources.read_text() != text:
+            sources.write_text(text)
+        status = state / "status"
+        if not status.exists():
+            status.write_text("")
+        options = [
+            "-o", f"Dir::Etc::SourceList={sources}", "-o", f"Dir::Etc::SourceParts={state}/parts",
+            "-o", f"Dir::State::Lists={state}/lists", "-o", f"Dir::Cache={state}/cache",
+            "-o", f"Dir::State::Status={status}", "-o", "APT::Architecture=amd64",
+        ]
+        return cls(options, release, state)
+
+    def current_kernel(self) -> str:
+        """What linux-image-amd64 depends on, else the newest linux-image-*-amd64 apt
+        knows (after one apt-get update if apt has no lists)."""
+        names = self._kernel_names()
+        if not names and not self._lists_present():
+            self.update()
+            names = self._kernel_names()
+        if not names:
+            where = self.release or "this machine's release"
+            raise InitkitError(
+                f"apt knows no {META_PACKAGE} or linux-image-*-amd64 package for {where}; "
+                "add a Debian source to /etc/apt/sources.list and run apt-get update, "
+                "or pass --package"
+            )
+        return names[0]
+
+    def _kernel_names(self) -> list[str]:
+        hint = "fetching a kernel needs apt (Debian); pass --kernel to use your own"
+        depends = process.run(["apt-cache", *self.options, "depends", META_PACKAGE],
+                              check=False, hint=hint).stdout.decode()
+        wanted = [m.group(1) for m in re.finditer(r"Depends:\s*(linux-image-\S+)", depends)
+                  if DEFAULT_PACKAGE_RE.match(m.group(1))]
+        if wanted:
+            return wanted[:1]
+        proc = process.run(["apt-cache", *self.options, "pkgnames", "linux-image-"], hint=hint)
+        names = [n for n in proc.stdout.decode().split() if DEFAULT_PACKAGE_RE.match(n)]
+        return sorted(names, key=_numbers, reverse=True)
+
+    def _lists_present(self) -> bool:
+        lists = self.private / "lists" if self.private is not None else _APT_LISTS
+        try:
+            return any("_Packages" in p.name for p in lists.iterdir())
+        except OSError:
+            return False
+
+    def update(self) -> None:
+        log.info("apt has no package lists%s: running apt-get update",
+                 f" for {self.release}" if self.private else "")
+        extra = ["-o", "APT::Sandbox::User=root"] if self.private and os.geteuid() == 0 else []
+        process.run(
+            ["apt-get", *self.options, *extra, "update"],
+            timeout=600,
+            hint="apt-get update needs root and network access to a Debian mirror",
         )
-    return max(names, key=_abi_key)
+
+    def download_argv(self) -> list[str]:
+        argv = ["apt-get", *self.options, "download", "-q"]
+        if os.geteuid() == 0:
+            # apt's _apt user cannot write into a private temp dir; root downloads itself.
+            argv += ["-o", "APT::Sandbox::User=root"]
+        return argv
 
 
-def _apt_kernel_names() -> list[str]:
-    proc = process.run(
-        ["apt-cache", "pkgnames", "linux-image-6.1.0-"],
-        hint="fetching a kernel needs apt (Debian or Ubuntu); pass --kernel to use your own",
-    )
-    names = proc.stdout.decode().split()
-    return [n for n in names if DEFAULT_PACKAGE_RE.match(n)]
-
-
-def _apt_lists_present() -> bool:
-    try:
-        return any("_Packages" in p.name for p in _APT_LISTS.iterdir())
-    except OSError:
-        return False
-
-
-def _apt_update() -> None:
-    log.info("apt has no package lists: running apt-get update")
-    process.run(
-        ["apt-get", "update"],
-        timeout=600,
-        hint="apt-get update needs root and network access to a Debian mirror",
-    )
-
-
-def _abi_key(package: str) -> tuple[int, str]:
-    match = re.search(r"-(\d+)-", package)
-    return (int(match.group(1)) if match else -1, package)
+def debian_mirror() -> str:
+    """The Debian mirror the system's apt uses (one-line or deb822 sources), else
+    Debian's CDN."""
+    pattern = re.compile(r"(?:^\s*URIs:|^\s*deb(?:\s+\[[^\]]*\])?)\s+(https?://\S+/debian)/?\s",
+                         re.MULTILINE)
+    files = [Path("/etc/apt/sources.list")]
+    with contextlib.suppress(OSError):
+        files += sorted(Path("/etc/apt/sources.list.d").iterdir())
+    for path in files:
+        try:
+            text = path.read_text(errors="replace") + "\n"
+        except OSError:
+            continue
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
+    return _DEFAULT_MIRROR
 
 
 def _check_package_name(package: str) -> None:
@@ -141,6 +254,14 @@ def _check_package_name(package: str) -> None:
             f"kernel package {package!r} holds no bootable image; use the package "
             "without the -dbg/-unsigned suffix"
         )
+
+
+def _modules_base(tree: Path) -> Path:
+    """lib/modules, or usr/lib/modules where the package has moved it (Debian 13)."""
+    for base in (tree / "lib" / "modules", tree / "usr" / "lib" / "modules"):
+        if base.is_dir() and not base.is_symlink():
+            return base
+    return tree / "lib" / "modules"
 
 
 def _load(directory: Path) -> FetchedKernel | None:
@@ -158,21 +279,17 @@ def _load(directory: Path) -> FetchedKernel | None:
         version=version,
         root=directory,
         bzimage=directory / "boot" / f"vmlinuz-{version}",
-        modules_dir=directory / "lib" / "modules" / version,
+        modules_dir=_modules_base(directory) / version,
         config=config if config.exists() else None,
     )
 
 
-def _download_and_unpack(root: Path, package: str) -> FetchedKernel:
+def _download_and_unpack(root: Path, package: str, apt: AptSource) -> FetchedKernel:
     with tempfile.TemporaryDirectory(prefix=f".{package}.download.", dir=root) as tmp:
         work = Path(tmp)
-        download_argv = ["apt-get", "download", "-q"]
-        if os.geteuid() == 0:
-            # apt's _apt user cannot write into a private temp dir; root downloads itself.
-            download_argv += ["-o", "APT::Sandbox::User=root"]
         log.info("downloading %s", package)
         process.run(
-            [*download_argv, package],
+            [*apt.download_argv(), package],
             cwd=work,
             timeout=900,
             hint=f"check that apt knows {package} (apt-cache policy {package}) "
@@ -227,7 +344,7 @@ def _deb_field(deb: Path, field: str) -> str:
 
 
 def _kernel_release(tree: Path, package: str) -> str:
-    modules = tree / "lib" / "modules"
+    modules = _modules_base(tree)
     versions = sorted(p.name for p in modules.iterdir()) if modules.is_dir() else []
     boot = tree / "boot"
     images = [v for v in versions if (boot / f"vmlinuz-{v}").is_file()]
@@ -237,8 +354,3 @@ def _kernel_release(tree: Path, package: str) -> str:
             f"(found modules for {versions or 'none'}); pass a linux-image-*-amd64 package"
         )
     return images[0]
-
-
-def remove_cached(kernel: FetchedKernel) -> None:
-    """Delete one unpacked kernel from the cache."""
-    shutil.rmtree(kernel.root)

@@ -42,7 +42,8 @@ def kernel() -> None:
 
     \b
     Examples:
-      initbuilder kernel fetch                      # Debian 12's kernel, into the cache
+      initbuilder kernel fetch                      # this Debian release's kernel, cached
+      initbuilder kernel fetch --release trixie     # Debian 13's 6.12, on any release
       initbuilder kernel info "$(initbuilder kernel fetch --print bzimage)"
       initbuilder kernel vmlinux vmlinuz -o vmlinux  # for PVH boots (QEMU microvm)
       initbuilder kernel modules --kernel vmlinuz    # the virtiofs load list
@@ -103,8 +104,13 @@ _PRINTABLE = ("package", "version", "bzimage", "vmlinux", "modules-dir", "root")
 
 @kernel.command(cls=Command)
 @click.option("--package", metavar="NAME",
-              help="The Debian package, e.g. linux-image-6.1.0-28-amd64 (default: "
-                   "$INITKIT_KERNEL_PACKAGE, else the newest cached, else apt's newest).")
+              help="The Debian package, e.g. linux-image-6.1.0-28-amd64 or "
+                   "linux-image-6.12.57+deb13-amd64 (default: $INITKIT_KERNEL_PACKAGE, else "
+                   "the newest cached of the release, else what linux-image-amd64 depends on).")
+@click.option("--release", type=click.Choice(["bookworm", "trixie"]),
+              help="Debian release whose kernel to fetch (default: this machine's). Another "
+                   "release is asked through a private apt state in the cache; the system's "
+                   "apt set-up is not touched.")
 @click.option("--refresh", is_flag=True, help="Ask apt for its newest kernel even when one "
                                               "is cached.")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False),
@@ -115,8 +121,8 @@ _PRINTABLE = ("package", "version", "bzimage", "vmlinux", "modules-dir", "root")
               help="Print only this one value (for $(...) in scripts).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-v", "--verbose", count=True)
-def fetch(package: str | None, refresh: bool, cache: Path | None, deb: Path | None,
-          print_field: str | None, as_json: bool, verbose: int) -> None:
+def fetch(package: str | None, release: str | None, refresh: bool, cache: Path | None,
+          deb: Path | None, print_field: str | None, as_json: bool, verbose: int) -> None:
     """Fetch Debian's kernel package into the cache and print where it is.
 
     Runs `apt-get download` and `dpkg-deb -x`: nothing is installed and no package
@@ -130,7 +136,7 @@ def fetch(package: str | None, refresh: bool, cache: Path | None, deb: Path | No
     if deb is not None:
         fetched = unpack_kernel_deb(deb, cache)
     else:
-        fetched = fetch_debian_kernel(cache, package, refresh=refresh)
+        fetched = fetch_debian_kernel(cache, package, refresh=refresh, release=release)
     fields = {
         "package": f"{fetched.package}={fetched.package_version}",
         "version": fetched.version,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -127,6 +129,49 @@ def _wait_for_process(run: CliRun, name: str, timeout: float = 30) -> int:
     run.proc.kill()
     _, err = run.proc.communicate()
     raise AssertionError(f"no {name} process appeared; hostrun said: {err.decode()}")
+
+
+def silent_pvh_kernel(path: Path) -> Path:
+    """An ELF "kernel" with a PVH entry that halts at once: QEMU boots it, and it never
+    prints a byte (as a kernel that hangs before its console would)."""
+    entry, code_offset = 0x100000, 0x1000
+    code = bytes([0xFA, 0xF4, 0xEB, 0xFD])  # cli; hlt; jmp back to hlt
+    note = struct.pack("<III4sI", 4, 4, 18, b"Xen\0", entry)  # XEN_ELFNOTE_PHYS32_ENTRY
+    note_offset = 64 + 2 * 56
+    header = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, 2, 62, 1,
+                         entry, 64, 0, 0, 64, 56, 2, 64, 0, 0)
+    load = struct.pack("<IIQQQQQQ", 1, 5, code_offset, entry, entry, len(code), len(code),
+                       0x1000)
+    pt_note = struct.pack("<IIQQQQQQ", 4, 4, note_offset, 0, 0, len(note), len(note), 4)
+    image = (header + load + pt_note + note).ljust(code_offset, b"\0") + code
+    path.write_bytes(image)
+    return path
+
+
+def test_a_kernel_that_prints_nothing_is_reported_not_waited_for_silently(
+        hostrun_cli, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = silent_pvh_kernel(tmp_path / "silent.elf")
+    initrd = tmp_path / "unused.cpio"
+    initrd.write_bytes(b"070701")
+    monkeypatch.setenv("HOSTRUN_SILENCE_NOTICE", "1")
+    run: CliRun = hostrun_cli("--kernel", str(kernel), "--initrd", str(initrd),
+                              "--store", str(store.root), "--timeout", "6", "--exec", "/x",
+                              kernel=False, initrd=False)
+    started = time.monotonic()
+    assert run.finish() == ExitCode.TIMEOUT
+    assert time.monotonic() - started < 20  # within --timeout, plus teardown
+    err = run.stderr.decode()
+    # While it waits: that nothing came, until when, and the command line to try.
+    assert "the guest has printed nothing 1 s after qemu started; still waiting until " \
+           "--timeout 6 s" in err, err
+    assert f"-kernel {kernel}" in err
+    # At the end: what that means, the VMM and its version, and what to check.
+    assert "the guest printed nothing in --timeout 6 s: the kernel never reached its " \
+           "console" in err, err
+    assert "QEMU emulator version" in err
+    assert err.count("microvm") >= 2
+    assert run.stdout == b""
+    run.assert_nothing_left()
 
 
 def test_help_documents_exit_codes() -> None:

@@ -104,3 +104,17 @@ def test_link_all_leaves_existing_paths_and_reports_failures(tmp_path: Path) -> 
     assert info.value.errno == errno.ENOENT and info.value.filename == missing[0]
     assert "2 of 3 paths failed" in str(info.value)
     assert os.readlink(tmp_path / "bin" / "true") == "/bin/busybox"  # the others still made
+
+
+def test_drain_waits_on_a_tty_and_refuses_other_files(tmp_path: Path) -> None:
+    real = system.System()
+    leader, follower = os.openpty()
+    try:
+        os.write(follower, b"status record\n")
+        assert real.drain(follower) == 0  # the right TCSBRK: a tty accepts it
+        assert os.read(leader, 100) == b"status record\r\n"
+    finally:
+        os.close(leader)
+        os.close(follower)
+    with open(tmp_path / "file", "wb") as plain:
+        assert real.drain(plain.fileno()) == -1  # ENOTTY: power_off goes on regardless

@@ -195,19 +195,46 @@ def test_wrapper_script_interpreter_is_followed(tmp_path: Path) -> None:
     assert image.get(f"usr/lib/initkit/python/bin/python{VERSION}") is not None
 
 
-def test_runtime_starts_from_the_unpacked_initrd(image: Image, tmp_path: Path) -> None:
+def _interpreter(which: str) -> Path:
+    """The Pythons users build runtimes from: the running one (a venv's python3 here),
+    the system's (Debian 12's 3.11, Debian 13's 3.13 with libpython inside) and a
+    pyenv build (libpython shared), where this machine has one."""
+    if which == "running":
+        return Path(sys.executable)
+    if which == "system":
+        found = Path("/usr/bin/python3")
+        if not found.exists():
+            missing_part("no system Python at /usr/bin/python3 (apt-get install python3)")
+        return found
+    builds = sorted(Path("/root/.pyenv/versions").glob("*/bin/python3.1[0-9]"),
+                    key=lambda p: int(p.name.rpartition(".")[2]))
+    if not builds:
+        pytest.skip("no pyenv Python on this machine (only some machines have one)")
+    return builds[-1]
+
+
+@pytest.mark.parametrize("which", ["running", "system", "pyenv"])
+def test_runtime_starts_from_the_unpacked_initrd(which: str, tmp_path: Path) -> None:
     """The relocated interpreter runs in a chroot of the initrd: its prefix is the
     private one, it finds libpython and the extension modules, and imports the guest."""
     if os.geteuid() != 0 or shutil.which("cpio") is None:
         missing_part("needs root for chroot and cpio to unpack")
+    python = _interpreter(which)
+    version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    image = Image()
+    runtime.add_runtime(image, python=python)
     initrd = tmp_path / "initrd.cpio"
     write_initrd(image, initrd)
     root = unpack_with_cpio(initrd, tmp_path / "root")
     code = ("import sys, guest.__main__, guest.system; guest.system.System(); "
             "print(sys.prefix, sys.exec_prefix, sys.flags.utf8_mode, "
             "sorted(m for m in sys.modules if 'ctypes' in m or m == '__future__'))")
+    # A script, as /init is: Python 3.13 runs -c code through linecache, which the
+    # runtime leaves out (the init never needs it).
+    (root / "check.py").write_text(code + "\n")
     proc = subprocess.run([shutil.which("chroot") or "chroot", str(root),
-                           f"{PREFIX}/bin/python{VERSION}", "-IS", "-c", code],
+                           f"{PREFIX}/bin/python{version}", "-IS", "/check.py"],
                           capture_output=True, text=True, timeout=60, env={})
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no "Could not find platform libraries" warnings

@@ -40,3 +40,25 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory,
                   monkeypatch: pytest.MonkeyPatch) -> None:
     """hostrun's notes (daemon --help, TSC rate, vmlinux) go to a cache of the tests'."""
     monkeypatch.setenv("INITKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def rust_virtiofsd() -> str:
+    """The Rust virtiofsd (Debian 13's package, or one on PATH)."""
+    for candidate in (shutil.which("virtiofsd"), "/usr/libexec/virtiofsd"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    if _debian_major() == "12":
+        # Not a missing install: Debian 12 has no Rust virtiofsd. The CI matrix runs
+        # these tests again on Debian 13, where it is installed.
+        pytest.skip("Debian 12 has no Rust virtiofsd package (the Debian 13 leg runs this)")
+    missing_part("no Rust virtiofsd (Debian 13: apt-get install virtiofsd)")
+    raise AssertionError("unreachable")
+
+
+def _debian_major() -> str:
+    try:
+        with open("/etc/debian_version") as f:
+            return f.read().split(".")[0].strip()
+    except OSError:
+        return ""

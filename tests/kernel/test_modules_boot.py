@@ -14,6 +14,7 @@ from synthetic_kernel import MODULE_COMPRESSORS, pipe
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image
 from initbuilder.kernelfetch import FetchedKernel
+from initbuilder.modinfo import read_module_bytes
 from initbuilder.modules import DEFAULT_MODULES, ModuleTree, add_modules, resolve
 
 INIT = b"""#!/bin/sh
@@ -69,10 +70,13 @@ def test_load_list_loads_in_the_guest(
         # A tree as Debian 13/Fedora/Arch ship it: the same modules, compressed.
         suffix, argv = MODULE_COMPRESSORS[compression]
         modules_dir = tmp_path / "lib" / "modules" / debian_kernel.version
-        for module in resolve(ModuleTree(debian_kernel.modules_dir), DEFAULT_MODULES).load_order:
-            target = modules_dir / (module.relpath[:-3] + suffix)
+        source = ModuleTree(debian_kernel.modules_dir)
+        for module in resolve(source, DEFAULT_MODULES).load_order:
+            target = modules_dir / (module.plain_relpath + suffix.removeprefix(".ko"))
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(pipe(argv, module.path.read_bytes()))
+            target.write_bytes(pipe(argv, read_module_bytes(module.path, module.compression)))
+        for name in ("modules.builtin", "modules.builtin.modinfo"):  # what is built in
+            shutil.copy2(debian_kernel.modules_dir / name, modules_dir / name)
     image = busybox_image()
     paths = add_modules(image, kernel=debian_kernel.bzimage, modules_dir=modules_dir)
     initrd = tmp_path / "initrd.gz"
