@@ -87,7 +87,10 @@ def nix_build(workdir: Path, tag: str = "1") -> NixOutputs:
     expr.write_text(EXPRESSION)
     args = {"ld": host_library("ld-linux-x86-64.so.2"), "libc": host_library("libc.so.6"),
             "hello_c": HELLO_C, "catfile_c": CATFILE_C, "tag": tag}
-    argv = ["nix-build", "--no-out-link", str(expr)]
+    # Builders use host tools, so no build sandbox; root builds for itself (single-user
+    # Nix, no nixbld group needed) whatever the release's nix.conf says.
+    argv = ["nix-build", "--no-out-link", "--option", "sandbox", "false",
+            "--option", "build-users-group", "", str(expr)]
     for key, value in args.items():
         argv += ["--argstr", key, value]
     paths = {}
