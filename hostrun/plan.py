@@ -10,15 +10,18 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hostrun import hostcpu
 from hostrun.action import Action
 from hostrun.session import RunSpec
-from hostrun.storeview.view import StoreView
 from hostrun.virtiofs import choose_daemon
 from hostrun.vmm import CloudHypervisor, Qemu, Vmm, parse_cloud_hypervisor_version
 from initbuilder.cache import cache_dir
 from initbuilder.errors import InitkitError
+
+if TYPE_CHECKING:
+    from hostrun.storeview.view import StoreView
 
 log = logging.getLogger("initkit.hostrun")
 

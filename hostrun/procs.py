@@ -9,8 +9,10 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hostrun.storeview.mounts import ViewMounts, make_view_in_new_namespace
+if TYPE_CHECKING:
+    from hostrun.storeview.mounts import ViewMounts
 
 _PR_SET_PDEATHSIG = 1
 _CLONE_NEWNS = 0x00020000
@@ -43,6 +45,8 @@ def child_setup(readonly: Path | None = None,
     libc = _load_libc()
     parent = os.getpid()
     ro = os.fsencode(readonly) if readonly is not None else None
+    if view is not None:  # in the parent: the child must not import
+        from hostrun.storeview.mounts import make_view_in_new_namespace
 
     def setup() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

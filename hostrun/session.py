@@ -26,7 +26,6 @@ from pathlib import Path
 from hostrun.action import Action, kernel_cmdline, new_nonce
 from hostrun.exitcodes import ExitCode, exit_code_for_host_signal
 from hostrun.procs import child_setup, stop_process
-from hostrun.storeview.view import StoreView, build_view
 from hostrun.virtiofs import DaemonFailed, VirtiofsDaemon
 from hostrun.vmm import BootConfig, Vmm, request_queues
 
@@ -35,6 +34,7 @@ from hostrun.vmm import BootConfig, Vmm, request_queues
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hostrun.console import ConsoleFilter, GuestStatus, StatusScanner
+    from hostrun.storeview.view import StoreView
 
 log = logging.getLogger("initkit.hostrun")
 
@@ -152,6 +152,8 @@ class _Run:
     def _run(self, workdir: Path, wakeup: int | None) -> Outcome:
         spec = self.spec
         if spec.store_view is not None:  # the view lives and goes with the private dir
+            from hostrun.storeview.view import build_view  # only --closure runs pay for it
+
             view = build_view(spec.store_view, workdir / "store")
             spec.daemon.serve_view(view.root, view.mounts)
         try:

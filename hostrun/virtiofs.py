@@ -21,11 +21,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from hostrun.procs import child_setup, stop_process
-from hostrun.storeview.mounts import ViewMounts
 from initbuilder.errors import InitkitError
+
+if TYPE_CHECKING:
+    from hostrun.storeview.mounts import ViewMounts
 
 log = logging.getLogger("initkit.hostrun")
 

@@ -12,8 +12,6 @@ import lzma
 from collections.abc import Iterator
 from typing import BinaryIO
 
-import libarchive
-
 from initbuilder.errors import InitkitError
 
 READ_SIZE = 1 << 16
@@ -52,7 +50,7 @@ class DecompressingReader:
                 yield from self._libarchive(raw)
             else:
                 raise InitkitError(f"{self.what}: unknown compression {self.compression!r}")
-        except (lzma.LZMAError, OSError, EOFError, libarchive.ArchiveError) as exc:
+        except (lzma.LZMAError, OSError, EOFError) as exc:
             raise CorruptStream(f"{self.what}: corrupt {self.compression} data ({exc}); "
                                 "refused") from None
 
@@ -84,7 +82,15 @@ class DecompressingReader:
                 yield out
 
     def _libarchive(self, raw: BinaryIO) -> Iterator[bytes]:
-        with libarchive.stream_reader(raw, format_name="raw", filter_name=self.compression,
-                                      block_size=READ_SIZE) as archive:
-            for entry in archive:
-                yield from entry.get_blocks(READ_SIZE)
+        # Imported here, not at the top: binding libarchive costs ~90 ms, which every
+        # --closure run would pay, and only zstd needs it.
+        import libarchive
+
+        try:
+            with libarchive.stream_reader(raw, format_name="raw",
+                                          filter_name=self.compression,
+                                          block_size=READ_SIZE) as archive:
+                for entry in archive:
+                    yield from entry.get_blocks(READ_SIZE)
+        except libarchive.ArchiveError as exc:
+            raise OSError(str(exc)) from None  # reported as corrupt data by the caller

@@ -12,9 +12,3 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "initkit-cache"
     monkeypatch.setenv("INITKIT_CACHE", str(cache))
     return cache
-
-
-def cache_leftovers(cache: Path) -> list[str]:
-    """What the NAR cache holds (entries and anything half-written)."""
-    nar = cache / "store" / "nar"
-    return sorted(p.name for p in nar.iterdir()) if nar.exists() else []

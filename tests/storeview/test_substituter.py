@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import cache_leftovers
+from nar_cache import cache_leftovers
 from nar_writer import directory, nar, regular, write_cache_entry
 from nixbuild import NixOutputs, nix_copy
 from test_nar import tree_listing
