@@ -153,3 +153,22 @@ def test_ctrl_c_removes_the_view(hostrun_cli, nix_outputs: NixOutputs) -> None:
     assert run.finish() == ExitCode.INTERRUPTED
     run.assert_nothing_left()
     _no_mounts_under(run.tmpdir)
+
+
+def test_a_plain_directory_store_by_the_reference_scan(hostrun_cli, nix_outputs: NixOutputs,
+                                                       tmp_path: Path) -> None:
+    """Copies of the store paths in a directory no Nix database describes, given as a
+    relative --store: the scanner finds the closure, and the program runs from it."""
+    store = tmp_path / "plain-store"
+    store.mkdir()
+    closure = requisites(nix_outputs.hello)
+    for path in [*closure, nix_outputs.secret]:
+        subprocess.run(["cp", "-a", path, str(store)], check=True)
+    run: CliRun = hostrun_cli("-v", "--store", os.path.relpath(store), "--closure",
+                              nix_outputs.hello, "--timeout", "60", "--find")
+    assert run.finish() == 0, run.stderr
+    assert b"paths (reference scan)" in run.stderr, run.stderr
+    top = {line for line in run.stdout.decode().splitlines()
+           if line.startswith("/nix/store/") and line.count("/") == 3}
+    assert top == closure
+    run.assert_nothing_left()
