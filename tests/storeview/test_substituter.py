@@ -204,3 +204,27 @@ def test_a_nar_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     os.mkfifo(nar_file)  # would block a reader for ever
     with pytest.raises(InitkitError, match="the NAR is not a regular file; refused"):
         closure_from(tmp_path / "cache", tmp_path, f"/nix/store/{name}")
+
+
+def test_two_runs_unpacking_one_nar_at_once_share_the_entry(nix_outputs: NixOutputs,
+                                                            tmp_path: Path,
+                                                            private_cache: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = nix_copy([nix_outputs.glibc], tmp_path / "cache")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        views = list(pool.map(lambda _: closure_from(cache, tmp_path, nix_outputs.glibc),
+                              range(4)))
+    assert all(v == views[0] for v in views)
+    assert len(cache_leftovers(private_cache)) == 1  # one entry, no temporary left
+
+
+def test_a_narinfo_whose_nar_is_missing(tmp_path: Path, private_cache: Path) -> None:
+    name = "0c1ml0w7cbk1yr2x6q6x9fl0fnx0qxr8-docs"
+    write_cache_entry(tmp_path / "cache", name, nar(regular(b"")))
+    for nar_file in (tmp_path / "cache" / "nar").iterdir():
+        nar_file.unlink()
+    with pytest.raises(InitkitError, match=f"NAR of /nix/store/{name} \\(from .*{name[:32]}"
+                       r"\.narinfo\) .*: no such file"):
+        closure_from(tmp_path / "cache", tmp_path, f"/nix/store/{name}")
+    assert cache_leftovers(private_cache) == []
