@@ -40,8 +40,9 @@ def child_setup(readonly: Path | None = None,
     with ``readonly``, a private mount namespace where that directory is read-only.
 
     With ``view`` the child makes that store view in a private mount namespace
-    (hostrun/storeview/mounts.py); if it cannot, it ends with status 126 and a line on
-    its stderr, since a view half made would show the guest the wrong store."""
+    (hostrun/storeview/mounts.py); if it cannot, it writes why on its stderr and never
+    execs (Popen raises SubprocessError), since a view half made would show the guest
+    the wrong store."""
     libc = _load_libc()
     parent = os.getpid()
     ro = os.fsencode(readonly) if readonly is not None else None
@@ -58,7 +59,8 @@ def child_setup(readonly: Path | None = None,
                      + os.strerror(err).encode() + b"\n")
         if view is not None and (failure := make_view_in_new_namespace(libc, view)):
             os.write(2, b"hostrun: " + failure + b"\n")
-            os._exit(126)
+            # Raised, not _exit: Popen then fails in the parent at once (SubprocessError).
+            raise OSError(failure.decode(errors="replace"))
 
     return setup
 

@@ -114,7 +114,7 @@ class VirtiofsDaemon(ABC):
         except PermissionError:
             raise InitkitError(f"virtiofs daemon {argv[0]!r} is not executable") from None
         except subprocess.SubprocessError as exc:
-            raise DaemonFailed(f"{self.name} could not be started: {exc}") from None
+            raise DaemonFailed(self._failure(f"could not be started ({exc})")) from None
         finally:
             # Only the daemon may hold the listener now: if it dies, connecting fails
             # at once instead of waiting in a backlog nobody will accept.
