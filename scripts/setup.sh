@@ -19,6 +19,7 @@ INITKIT_APT_ROLES=(
   gcc libc6-dev binutils         # ELF fixtures, static hello, strip
   pax-utils                      # lddtree, the closure benchmark's reference
   llvm                           # a relocatable tree with $ORIGIN runpaths (closure tests)
+  nix-bin                        # real store paths, closures and binary caches (store views)
   ca-certificates
 )
 # The interpreter and its venv module, only when python3 lacks them (a pyenv Python
