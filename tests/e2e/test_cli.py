@@ -131,11 +131,14 @@ def _wait_for_process(run: CliRun, name: str, timeout: float = 30) -> int:
     raise AssertionError(f"no {name} process appeared; hostrun said: {err.decode()}")
 
 
-def silent_pvh_kernel(path: Path) -> Path:
-    """An ELF "kernel" with a PVH entry that halts at once: QEMU boots it, and it never
-    prints a byte (as a kernel that hangs before its console would)."""
+HALT = bytes([0xFA, 0xF4, 0xEB, 0xFD])  # cli; hlt; jmp back to hlt
+TRIPLE_FAULT = bytes([0x0F, 0x0B])  # ud2 with no IDT: a triple fault, QEMU's reset
+
+
+def silent_pvh_kernel(path: Path, code: bytes = HALT) -> Path:
+    """An ELF "kernel" with a PVH entry that runs ``code`` at once: QEMU boots it, and it
+    never prints a byte (as a kernel that hangs, or dies, before its console would)."""
     entry, code_offset = 0x100000, 0x1000
-    code = bytes([0xFA, 0xF4, 0xEB, 0xFD])  # cli; hlt; jmp back to hlt
     note = struct.pack("<III4sI", 4, 4, 18, b"Xen\0", entry)  # XEN_ELFNOTE_PHYS32_ENTRY
     note_offset = 64 + 2 * 56
     header = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, 2, 62, 1,
@@ -171,6 +174,24 @@ def test_a_kernel_that_prints_nothing_is_reported_not_waited_for_silently(
     assert "QEMU emulator version" in err
     assert err.count("microvm") >= 2
     assert run.stdout == b""
+    run.assert_nothing_left()
+
+
+def test_a_guest_that_dies_before_its_init_is_booted_again_then_reported(
+        hostrun_cli, store: Store, tmp_path: Path) -> None:
+    """Nothing of the user's has run when the guest dies before its init: hostrun boots
+    it again (twice), then reports no status, saying so."""
+    kernel = silent_pvh_kernel(tmp_path / "fault.elf", TRIPLE_FAULT)
+    initrd = tmp_path / "unused.cpio"
+    initrd.write_bytes(b"070701")
+    run: CliRun = hostrun_cli("-v", "--kernel", str(kernel), "--initrd", str(initrd),
+                              "--store", str(store.root), "--timeout", "30", "--exec", "/x",
+                              kernel=False, initrd=False)
+    assert run.finish() == ExitCode.NO_STATUS
+    err = run.stderr.decode()
+    assert err.count("booting: ") == 3, err
+    assert "died before its init started" in err and "booting it again (2 of 3)" in err
+    assert "(3 boots in a row died before the guest's init started)" in err
     run.assert_nothing_left()
 
 
