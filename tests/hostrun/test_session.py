@@ -48,6 +48,13 @@ FAKE_VMM = textwrap.dedent("""\
             sys.stderr.write(arg + "\\n")
         elif kind == "exit":
             sys.exit(int(arg))
+        elif kind == "count":  # one line a boot
+            with open(arg, "a") as f:
+                f.write("boot\\n")
+        elif kind == "die-once":  # the first boot stops at once, as a triple fault does
+            if not os.path.exists(arg):
+                open(arg, "w").close()
+                sys.exit(0)
 """)
 
 
@@ -155,9 +162,34 @@ def test_kernel_panic_stops_a_vm_that_would_hang(spec_for, private_tmp: Path,
     outcome, output = collect(spec)
     assert time.monotonic() - started < 10
     assert outcome.code == ExitCode.NO_STATUS
+    # Before the init: booted again twice (it would panic the same way every time).
     assert outcome.error == ("the guest kernel panicked: Kernel panic - not syncing: VFS: "
-                             "Unable to mount root")
+                             "Unable to mount root (3 boots in a row died before the "
+                             "guest's init started)")
     assert output == b""
+    nothing_left(spec, private_tmp)
+
+
+def test_a_boot_that_dies_before_the_init_is_booted_again(
+        spec_for, private_tmp: Path, tmp_path: Path) -> None:
+    boots = tmp_path / "boots"
+    spec = spec_for(f"count:{boots};die-once:{tmp_path / 'died'};out:hello\\r\\n;"
+                    "status:exit=0")
+    outcome, output = collect(spec)
+    assert outcome.code == 0, outcome.error
+    assert output == b"hello\n"
+    assert boots.read_text().count("boot") == 2
+    nothing_left(spec, private_tmp)
+
+
+def test_a_guest_whose_init_was_ready_is_not_booted_again(
+        spec_for, private_tmp: Path, tmp_path: Path) -> None:
+    boots = tmp_path / "boots"
+    spec = spec_for(f"count:{boots};status:ready;exit:0")
+    outcome, _ = collect(spec)
+    assert outcome.code == ExitCode.NO_STATUS
+    assert outcome.error is not None and "boots in a row" not in outcome.error
+    assert boots.read_text().count("boot") == 1
     nothing_left(spec, private_tmp)
 
 
