@@ -20,7 +20,8 @@ SYSTEM_SETS = (("/usr/bin", None), ("/usr/sbin", None),
                ("/usr/lib/x86_64-linux-gnu", ".so"), ("/usr/lib/qemu", None))
 
 
-LLVM_LIBRARY = ("/usr/lib/llvm-*/lib/libLLVM-*.so.1", "/usr/lib/llvm-*/lib/libLLVM.so.*[0-9]")
+LLVM_LIBRARY = ("/usr/lib/llvm-*/lib/libLLVM-*.so.1",
+                "/usr/lib/x86_64-linux-gnu/libLLVM.so.*[0-9]")
 
 
 def _first(*patterns: str) -> str:
