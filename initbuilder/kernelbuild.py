@@ -1,8 +1,8 @@
 """`initbuilder kernel build`: a kernel for initkit's VMs, from tinyconfig and fragments.
 
 A build is cached under ``kernel-built/KEY`` where KEY hashes the source's identity, the
-fragments' contents, the compiler's version and the architecture, so a second call
-returns at once. The object tree is kept under ``kernel-objects/SOURCE-ARCH`` (one per
+options the fragments ask for, the compiler's version and the architecture, so a second
+call returns at once. The object tree is kept under ``kernel-objects/SOURCE-ARCH`` (one per
 source) so that a changed fragment rebuilds only what it touches; a lock on it makes
 concurrent builds of one source take turns. Everything that ends up in the cache is
 assembled in a temporary directory and renamed into place: a failed or interrupted build
@@ -11,6 +11,7 @@ leaves no half kernel behind.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -26,7 +27,6 @@ from pathlib import Path
 
 from initbuilder import kernelconfig, process
 from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError
 from initbuilder.kernelprogress import BuildProgress
 from initbuilder.kernelsource import (
     KernelSource,
@@ -79,16 +79,19 @@ def fragments_with_default(extra: Sequence[Path]) -> list[Path]:
     return [kernelconfig.FRAGMENT, *(Path(p) for p in extra)]
 
 
-def cache_key(source_ident: str, fragments: Sequence[Path], compiler: str) -> str:
-    """What decides a build's output, hashed: source, fragment contents, compiler, arch."""
-    parts: dict[str, object] = {"recipe": RECIPE, "source": source_ident, "arch": ARCH,
-                                "compiler": compiler, "fragments": []}
+def wanted_options(fragments: Sequence[Path]) -> dict[str, kernelconfig.Option]:
+    """The options of ``fragments`` merged in order (a later one wins)."""
+    wanted: dict[str, kernelconfig.Option] = {}
     for fragment in fragments:
-        try:
-            data = fragment.read_bytes()
-        except OSError as exc:
-            raise InitkitError(f"--config-fragment {fragment}: {exc.strerror or exc}") from None
-        parts["fragments"].append(hashlib.sha256(data).hexdigest())  # type: ignore[attr-defined]
+        wanted.update(kernelconfig.read_fragment(fragment))
+    return wanted
+
+
+def cache_key(source_ident: str, wanted: dict[str, kernelconfig.Option], compiler: str) -> str:
+    """What decides a build's output, hashed: the source, the options the fragments ask
+    for (their values in order; comments and layout do not count), compiler, arch."""
+    parts = {"recipe": RECIPE, "source": source_ident, "arch": ARCH, "compiler": compiler,
+             "options": [f"{o.name}={o.value}" for o in wanted.values()]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -102,8 +105,8 @@ def lookup(source: Path | None = None, fragments: Sequence[Path] = ()) -> BuiltK
         ident = f"{installed[0]}_{installed[1]}"
     else:
         ident = source_ident(source)
-    key = cache_key(ident, fragments_with_default(fragments), compiler_version())
-    return _load(cache_dir("kernel-built") / key)
+    wanted = wanted_options(fragments_with_default(fragments))
+    return _load(cache_dir("kernel-built") / cache_key(ident, wanted, compiler_version()))
 
 
 def build_kernel(
@@ -118,12 +121,10 @@ def build_kernel(
     """Build (or find in the cache) the kernel for ``source`` (default: Debian's
     linux-source-X.Y, installed if missing) with tinyconfig + initkit's fragment +
     ``fragments``; ``report`` gets progress lines, or make's own with ``show_make``."""
-    src = given_source(source) if source is not None else debian_source()
     all_fragments = fragments_with_default(fragments)
-    wanted: dict[str, kernelconfig.Option] = {}
-    for fragment in all_fragments:
-        wanted.update(kernelconfig.read_fragment(fragment))
-    key = cache_key(src.ident, all_fragments, compiler_version())
+    wanted = wanted_options(all_fragments)  # a bad fragment fails before apt or make run
+    src = given_source(source) if source is not None else debian_source()
+    key = cache_key(src.ident, wanted, compiler_version())
     entry = cache_dir("kernel-built") / key
     found = _load(entry)
     if found is not None and not rebuild:
@@ -147,13 +148,37 @@ def build_kernel(
 
 def minimal_kernel(report: Report = print) -> BuiltKernel:
     """initkit's minimal kernel from Debian's source: the cached one, else built now
-    with a notice of how long that takes (hostrun --kernel minimal)."""
+    with a notice of how long that takes (hostrun --kernel minimal).
+
+    hostrun asks on every boot, so a note keyed by what the answer depends on, by file
+    identity (dpkg's status file for the source package, the fragment, the compiler),
+    skips the dpkg-query and gcc runs of a full lookup (~50 ms)."""
+    note = cache_dir("kernel-built") / f".minimal-{_host_state_key()}"
+    with contextlib.suppress(OSError):
+        found = _load(Path(note.read_text()))
+        if found is not None:
+            return found
     found = lookup()
-    if found is not None:
-        return found
-    report(f"building initkit's minimal kernel first (`initbuilder kernel build`; once, then "
-           f"cached; {BUILD_ESTIMATE})")
-    return build_kernel(report=report)
+    if found is None:
+        report(f"building initkit's minimal kernel first (`initbuilder kernel build`; once, "
+               f"then cached; {BUILD_ESTIMATE})")
+        found = build_kernel(report=report)
+    tmp = note.with_name(f"{note.name}.{os.getpid()}")
+    tmp.write_text(str(found.root))
+    os.replace(tmp, note)
+    return found
+
+
+def _host_state_key() -> str:
+    digest = hashlib.sha256(f"{RECIPE}:{ARCH}\0".encode())
+    for path in (Path("/var/lib/dpkg/status"), kernelconfig.FRAGMENT,
+                 Path(shutil.which("gcc") or "gcc").resolve()):
+        try:
+            st = path.stat()
+            digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}\0".encode())
+        except OSError:
+            digest.update(f"{path}:missing\0".encode())
+    return digest.hexdigest()[:24]
 
 
 @contextmanager
@@ -198,10 +223,8 @@ def configure_only(source: Path | None, fragments: Sequence[Path], objects: Path
                    report: Report = print) -> Path:
     """Configure ``source`` into the object tree ``objects`` and check the fragments,
     without compiling; returns the .config (tests use it: seconds instead of minutes)."""
+    wanted = wanted_options(fragments_with_default(fragments))
     src = given_source(source) if source is not None else debian_source()
-    wanted: dict[str, kernelconfig.Option] = {}
-    for fragment in fragments_with_default(fragments):
-        wanted.update(kernelconfig.read_fragment(fragment))
     objects.mkdir(parents=True, exist_ok=True)
     _configure(src, objects, wanted, BuildProgress(report, objects, False))
     return objects / ".config"

@@ -100,6 +100,7 @@ def check(wanted: dict[str, Option], config: Path) -> None:
         raise InitkitError(
             f"the kernel configuration {config} lost {len(missing)} option(s) of the "
             f"fragments: {'; '.join(missing)}. Kconfig drops an option whose dependencies "
-            "are off: add those dependencies to the fragment (see the option's 'depends on' "
-            "in its Kconfig file, or `make menuconfig` and search with /)"
+            "are off and turns one on that another option selects: add the dependencies, or "
+            "turn off what selects it, in a fragment (`make menuconfig`, then / and the "
+            "option's name, shows 'Depends on' and 'Selected by')"
         )
