@@ -30,6 +30,8 @@ log = logging.getLogger("initkit.kernelbuild")
 BUILD_PACKAGES = ("make", "gcc", "libc6-dev", "bc", "bison", "flex", "libelf-dev",
                   "xz-utils")
 _STAMP = ".initkit-unpacked"
+# Depends on the release's linux-source-X.Y; installed with it, so dpkg can name X.Y.
+METAPACKAGE = "linux-source"
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,18 @@ class KernelSource:
 
 def debian_source_package() -> str:
     """The running release's ``linux-source-X.Y``, as the ``linux-source`` metapackage
-    depends on it (apt-cache, no network); the newest installed one if apt cannot say."""
-    proc = process.run(["apt-cache", "depends", "--important", "linux-source"], check=False,
-                       hint="building a kernel from Debian's source needs apt; pass --source")
-    names = re.findall(r"Depends:\s*(linux-source-\d+\.\d+)\b", proc.stdout.decode())
+    depends on it: from dpkg once the metapackage is installed (~25 ms), else from apt's
+    cache (~1 s, no network); the newest installed one if neither can say."""
+    proc = process.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Depends}\n",
+                        METAPACKAGE], check=False)
+    status, _, depends = proc.stdout.decode().partition("\t")
+    names = re.findall(r"\b(linux-source-\d+\.\d+)\b", depends) if status.startswith("ii") \
+        else []
+    if not names:
+        proc = process.run(["apt-cache", "depends", "--important", METAPACKAGE], check=False,
+                           hint="building a kernel from Debian's source needs apt; pass "
+                                "--source")
+        names = re.findall(r"Depends:\s*(linux-source-\d+\.\d+)\b", proc.stdout.decode())
     if names:
         return names[0]
     installed = [name for name, version in _installed("linux-source-*").items() if version]
@@ -104,7 +114,7 @@ def ensure_packages(packages: tuple[str, ...] | list[str]) -> None:
 def debian_source() -> KernelSource:
     """Debian's linux-source-X.Y for this release, installed if needed and unpacked."""
     package = debian_source_package()
-    ensure_packages([package, *BUILD_PACKAGES])
+    ensure_packages([METAPACKAGE, package, *BUILD_PACKAGES])
     version = _installed(package)[package]
     tarballs = sorted(Path("/usr/src").glob(f"{package}.tar.*"))
     if not tarballs:
