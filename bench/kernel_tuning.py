@@ -54,7 +54,7 @@ def boot(kernel: str, words: str, store: Path, program: str,
     if proc.returncode != 0 or b"Hello, world!" not in proc.stdout:
         raise SystemExit(f"{kernel} {words!r} failed ({proc.returncode}): {proc.stdout[-300:]!r} "
                          f"{proc.stderr.decode(errors='replace')[-2000:]}")
-    return took, proc.stderr.decode(errors="replace")
+    return took, (proc.stdout + proc.stderr).decode(errors="replace")
 
 
 def kernel_times(log: str) -> str:
