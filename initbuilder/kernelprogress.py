@@ -1,5 +1,6 @@
 """Progress of a kernel build from kbuild's quiet lines ("  CC      kernel/fork.o"):
-the phase it is in and a count of objects, with the previous build's count as the goal.
+the phase it is in and a count of objects, against the largest count a build of this
+object tree has had (a whole build's).
 
 A build takes minutes, so its user is told what is happening; every line make prints is
 also kept in a log file in the object tree, which a failure's message names.
@@ -84,12 +85,14 @@ class BuildProgress:
         """The build went through: remember its object count for the next one's goal."""
         if self._log is not None:
             self._log.close()
-        if self.objects:
+        if self.objects > (self.goal or 0):
+            # The largest count seen is a whole build's: an upper bound for the next one,
+            # which may rebuild only part (kbuild's own dependency tracking decides).
             self._count_path.write_text(f"{self.objects}\n")
         self._say(f"kernel build: done, {self._count()}")
 
     def _count(self) -> str:
-        goal = f" of ~{self.goal} last time" if self.goal else ""
+        goal = f" of at most ~{self.goal}" if self.goal else ""
         took = time.monotonic() - self.started
         return f"{self.objects} objects{goal}, {int(took // 60)}m{int(took % 60):02d}s"
 
