@@ -1,16 +1,18 @@
 """Boot time of `hostrun --exec` against the floor: plain QEMU doing the same job.
 
-Run: python bench/boot.py [--runs N] [--accel tcg|kvm]
+Run: python bench/boot.py [--runs N] [--accel tcg|kvm] [--minimal BZIMAGE] [--no-debian]
 
 Wall time from invocation to exit, for `--exec` of a tiny static program from a store
-shared over virtiofs, on Debian 12's kernel. The floor is what it costs at least: the
-same QEMU machine, kernel, kernel command line and modules, the C virtiofsd started
-directly, and a busybox sh script as /init doing the same mounts and exec
-(bench/floor.py); it is started from this already-running process, so it pays no
-interpreter start-up. Rows:
+shared over virtiofs, on Debian 12's kernel and on initkit's minimal kernel. The floor
+is what it costs at least: the same QEMU machine, kernel, kernel command line and
+modules, the C virtiofsd started directly, and a busybox sh script as /init doing the
+same mounts and exec (bench/floor.py); it is started from this already-running process,
+so it pays no interpreter start-up. Rows:
   floor                         plain QEMU + virtiofsd + busybox /init
   hostrun, floor initrd         hostrun's own overhead (CLI, daemon, supervision)
   hostrun, default initrd       what a user gets: hostrun + initkit's guest init
+  floor, minimal kernel         the floor on initkit's own kernel (no modules to load)
+  hostrun, minimal kernel       `hostrun --kernel minimal`, its default initrd
 Runs are interleaved (one of each per round) so drift hits every row alike.
 """
 
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,6 +36,7 @@ from hostrun import hostcpu
 from hostrun.action import Action, kernel_cmdline
 from hostrun.vmm import BootConfig, Qemu
 from initbuilder.kernel import extract_vmlinux
+from initbuilder.kernelbuild import lookup
 from initbuilder.kernelfetch import fetch_debian_kernel
 
 HELLO_C = 'int main(void){static const char m[]="Hello, world!\\n";' \
@@ -80,7 +84,7 @@ def floor_run(vmlinux: Path, initrd: Path, store: Path, program: str, accel: str
     return took
 
 
-def hostrun_run(kernel: Path, initrd: Path | None, store: Path, program: str,
+def hostrun_run(kernel: Path | str, initrd: Path | None, store: Path, program: str,
                 accel: str) -> float:
     argv = [HOSTRUN, "--kernel", str(kernel), "--store", str(store), "--vmm", "qemu",
             "--accel", accel, "--timeout", "120"]
@@ -103,49 +107,78 @@ def main() -> None:
     parser.add_argument("--initrd", type=Path, metavar="PATH",
                         help="also measure hostrun with this initrd (e.g. one built by "
                              "initbuilder build)")
+    parser.add_argument("--minimal", type=Path, metavar="BZIMAGE",
+                        help="the minimal kernel to measure (default: the cached "
+                             "`initbuilder kernel build`, if there is one)")
+    parser.add_argument("--no-debian", action="store_true",
+                        help="leave out the Debian-kernel rows")
     args = parser.parse_args()
     if not os.access(HOSTRUN, os.X_OK):
         raise SystemExit(f"{HOSTRUN} is missing: pip install -e .")
     kernel = fetch_debian_kernel()
     vmlinux = extract_vmlinux(kernel.bzimage)
+    minimal = args.minimal
+    if minimal is None:
+        built = lookup()
+        minimal = built.bzimage if built is not None else None
+        if minimal is None:
+            print("(minimal kernel not measured: run `initbuilder kernel build` first)")
+    rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
         work = Path(tmp)
         store = work / "store"
         store.mkdir()
         program = make_store(store)
-        floor_initrd = build_floor_initrd(work / "floor.cpio", kernel=kernel.bzimage)
-        rows: dict[str, list[float]] = {"floor": [], "hostrun, floor initrd": []}
-        runners = {
-            "floor": lambda: floor_run(vmlinux, floor_initrd, store, program, args.accel,
-                                       work),
-            "hostrun, floor initrd": lambda: hostrun_run(kernel.bzimage, floor_initrd,
-                                                         store, program, args.accel),
-        }
-        try:
-            hostrun_run(kernel.bzimage, None, store, program, args.accel)  # builds, caches
-            rows["hostrun, default initrd"] = []
-            runners["hostrun, default initrd"] = lambda: hostrun_run(
-                kernel.bzimage, None, store, program, args.accel)
-        except SystemExit as exc:
-            print(f"(default initrd not measured: {str(exc).splitlines()[0][:200]})")
-        if args.initrd is not None:
-            given = args.initrd.resolve()
-            rows["hostrun, --initrd given"] = []
-            runners["hostrun, --initrd given"] = lambda: hostrun_run(
-                kernel.bzimage, given, store, program, args.accel)
-        for name in runners:
-            runners[name]()  # warm the page cache and the vmlinux cache
+        runners: dict[str, Callable[[], float]] = {}
+        floors: dict[str, str] = {}  # row -> the floor row it is compared with
+        if not args.no_debian:
+            floor_initrd = build_floor_initrd(work / "floor.cpio", kernel=kernel.bzimage)
+            runners["floor"] = lambda: floor_run(vmlinux, floor_initrd, store, program,
+                                                 args.accel, work)
+            runners["hostrun, floor initrd"] = lambda: hostrun_run(
+                kernel.bzimage, floor_initrd, store, program, args.accel)
+            try:
+                hostrun_run(kernel.bzimage, None, store, program, args.accel)  # builds, caches
+                runners["hostrun, default initrd"] = lambda: hostrun_run(
+                    kernel.bzimage, None, store, program, args.accel)
+            except SystemExit as exc:
+                print(f"(default initrd not measured: {str(exc).splitlines()[0][:200]})")
+            if args.initrd is not None:
+                given = args.initrd.resolve()
+                runners["hostrun, --initrd given"] = lambda: hostrun_run(
+                    kernel.bzimage, given, store, program, args.accel)
+            floors.update({name: "floor" for name in runners})
+        if minimal is not None:
+            # The kernel's own vmlinux for the floor; hostrun gets the bzImage, which it
+            # turns into that vmlinux itself, as for any kernel.
+            minimal_vmlinux = extract_vmlinux(minimal)
+            minimal_floor = build_floor_initrd(work / "floor-minimal.cpio", kernel=minimal)
+            kernel_arg = "minimal" if args.minimal is None else str(minimal)
+            runners["floor, minimal kernel"] = lambda: floor_run(
+                minimal_vmlinux, minimal_floor, store, program, args.accel, work)
+            runners["hostrun, minimal kernel"] = lambda: hostrun_run(
+                kernel_arg, None, store, program, args.accel)
+            floors["floor, minimal kernel"] = floors["hostrun, minimal kernel"] = \
+                "floor, minimal kernel"
+        for name, runner in list(runners.items()):
+            runner()  # warm the page cache, the vmlinux and initrd caches
+            rows[name] = []
         for _ in range(args.runs):
             for name, runner in runners.items():
                 rows[name].append(runner())
-    floor = statistics.median(rows["floor"])
-    print(f"kernel {kernel.version}, accel {args.accel}, {args.runs} runs each, "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'':28} {'median':>8} {'min':>8} {'max':>8} {'ratio':>6}")
+    medians = {name: statistics.median(times) for name, times in rows.items()}
+    print(f"Debian kernel {kernel.version}; minimal kernel {minimal}; accel {args.accel}, "
+          f"{args.runs} runs each, {os.cpu_count()} CPUs")
+    print(f"{'':28} {'median':>8} {'min':>8} {'max':>8} {'/floor':>7}")
     for name, times in rows.items():
-        median = statistics.median(times)
-        print(f"{name:28} {median * 1000:7.0f}ms {min(times) * 1000:7.0f}ms "
-              f"{max(times) * 1000:7.0f}ms {median / floor:6.2f}")
+        print(f"{name:28} {medians[name] * 1000:7.0f}ms {min(times) * 1000:7.0f}ms "
+              f"{max(times) * 1000:7.0f}ms {medians[name] / medians[floors[name]]:7.2f}")
+    if "hostrun, minimal kernel" in medians and "hostrun, default initrd" in medians:
+        print(f"hostrun, minimal kernel / hostrun, Debian's kernel (default initrds): "
+              f"{medians['hostrun, minimal kernel'] / medians['hostrun, default initrd']:.2f}")
+    if "floor, minimal kernel" in medians and "floor" in medians:
+        print(f"floor, minimal kernel / floor, Debian's kernel: "
+              f"{medians['floor, minimal kernel'] / medians['floor']:.2f}")
 
 
 if __name__ == "__main__":

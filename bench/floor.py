@@ -33,7 +33,9 @@ value() {
     -e "t" -e "s/.* $1=\([^ ]*\) .*/\1/p"
 }
 has() { case " $cmdline " in *" $1 "*) return 0;; esac; return 1; }
-while read -r module; do busybox insmod "$module"; done < /etc/initkit/modules
+if [ -e /etc/initkit/modules ]; then  # none for a kernel with everything built in
+  while read -r module; do busybox insmod "$module"; done < /etc/initkit/modules
+fi
 busybox mkdir -p /nix/store
 tag=$(value tvix.tag); tag=${tag:-tvix}
 busybox mount -t virtiofs -o ro "$tag" /nix/store

@@ -34,8 +34,10 @@ HOSTRUN_KERNEL (default --kernel), HOSTRUN_ACCEL (default --accel), INITKIT_CACH
                context_settings={"help_option_names": ["-h", "--help"],
                                  "allow_interspersed_args": False})
 @click.option("--kernel", type=click.Path(path_type=Path),
-              help="Kernel image: bzImage or vmlinux. Default: $HOSTRUN_KERNEL, else "
-                   "this Debian release's kernel, fetched into the cache on first use.")
+              help="Kernel image: bzImage or vmlinux, or 'minimal' for initkit's own kernel "
+                   "(`initbuilder kernel build`; built on first use, minutes). Default: "
+                   "$HOSTRUN_KERNEL, else this Debian release's kernel, fetched into "
+                   "the cache on first use.")
 @click.option("--initrd", type=click.Path(path_type=Path),
               help="Initrd to boot. Default: initbuilder's for the kernel (its modules, the "
                    "guest init, busybox), built once and cached.")

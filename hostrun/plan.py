@@ -30,13 +30,16 @@ ACCEL_CHOICES = ("auto", "kvm", "tcg")
 ACCEL_ENV = "HOSTRUN_ACCEL"
 KERNEL_ENV = "HOSTRUN_KERNEL"
 SILENCE_ENV = "HOSTRUN_SILENCE_NOTICE"
+# --kernel's word for initkit's own kernel; a file of that name is ./minimal.
+MINIMAL_KERNEL = "minimal"
 
 
 @dataclass
 class Request:
     """A run as the user asked for it (CLI flags or the pytest fixture)."""
 
-    kernel: Path | None = None  # None: $HOSTRUN_KERNEL, else the cached Debian kernel
+    kernel: Path | None = None  # None: $HOSTRUN_KERNEL, else the cached Debian kernel;
+    # Path("minimal"): initkit's own kernel
     initrd: Path | None = None  # None: build initbuilder's default for the kernel
     store: Path = Path("/nix/store")
     action: Action | None = None
@@ -118,9 +121,14 @@ def _store_view(request: Request, uses_store: bool, daemon: str) -> StoreView | 
 
 def find_kernel(kernel: Path | None) -> Path:
     """The kernel image to boot: the one named, $HOSTRUN_KERNEL, or Debian's, fetched
-    into the cache on first use."""
+    into the cache on first use. "minimal" names initkit's own kernel (`initbuilder
+    kernel build`), built on first use."""
     if kernel is None and os.environ.get(KERNEL_ENV):
         kernel = Path(os.environ[KERNEL_ENV])
+    if kernel is not None and str(kernel) == MINIMAL_KERNEL:
+        from initbuilder.kernelbuild import minimal_kernel
+
+        return minimal_kernel(report=log.warning).bzimage
     if kernel is not None:
         return _existing_file(kernel, "--kernel", "a kernel image (bzImage or vmlinux)")
     from initbuilder.kernelfetch import fetch_debian_kernel

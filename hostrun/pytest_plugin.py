@@ -33,7 +33,8 @@ DEFAULT_TIMEOUT = 120.0
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("initkit", "initkit VM runs (initkit_vm fixture)")
     group.addoption("--initkit-kernel", default=None, metavar="PATH",
-                    help="Kernel for initkit_vm (default: $HOSTRUN_KERNEL, else Debian's).")
+                    help="Kernel for initkit_vm: a path, or 'minimal' for initkit's own "
+                         "kernel (default: $HOSTRUN_KERNEL, else Debian's).")
     group.addoption("--initkit-accel", default=None, choices=("auto", "kvm", "tcg"),
                     help="Accelerator for initkit_vm (default: $HOSTRUN_ACCEL, else auto).")
     group.addoption("--initkit-vmm", default="auto",

@@ -357,10 +357,17 @@ def add_modules(
     names: Sequence[str] | None = None,
 ) -> list[str]:
     """Add the closure of ``names`` (default: the virtiofs set), decompressed, under
-    /lib/modules/VERSION/ and the load list /etc/initkit/modules; return the load list."""
+    /lib/modules/VERSION/ and the load list /etc/initkit/modules; return the load list.
+    When every one is built into the kernel, nothing is added."""
     tree = find_tree(kernel, modules_dir)
     resolution = resolve(tree, DEFAULT_MODULES if names is None else names)
     paths = load_list(tree, resolution.load_order)
+    if not paths:
+        # A kernel with everything built in (initbuilder kernel build): no module step at
+        # all, neither files nor a load list for the guest to read.
+        log.info("kernel %s: every module asked for is built in (%s): no module step",
+                 tree.version, ", ".join(resolution.builtin) or "none")
+        return paths
     for module, guest in zip(resolution.load_order, paths, strict=True):
         source = f"kernel module {module.name}"
         if module.compression is None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 
 from initbuilder.errors import InitkitError
@@ -55,3 +56,56 @@ def run(
             f"{shlex.join(args)} failed: {last}" + (f"; {hint}" if hint else "")
         )
     return proc
+
+
+def run_lines(
+    argv: Sequence[Arg],
+    on_line: Callable[[str], None],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Arg | None = None,
+    hint: str = "",
+    keep: int = 40,
+) -> None:
+    """Run argv, handing each line of its merged stdout and stderr to ``on_line`` as it
+    comes (for long builds that show progress); raise InitkitError if it cannot start or
+    exits non-zero, naming the last line of its output that mentions an error. The child
+    is stopped and waited for if this process is interrupted, so nothing keeps writing
+    after we return."""
+    args = [str(a) for a in argv]
+    log.debug("run: %s", shlex.join(args))
+    tail: deque[str] = deque(maxlen=keep)
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=None if env is None else dict(env),
+                                cwd=cwd)
+    except FileNotFoundError as exc:
+        raise InitkitError(
+            f"cannot run {args[0]!r}: not found" + (f"; {hint}" if hint else "")
+        ) from exc
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            tail.append(line)
+            on_line(line)
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:
+            # Interrupted (^C reaches the child too, SIGTERM only us): stop it and wait,
+            # so it cannot keep writing into a directory the caller is about to remove.
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    if code != 0:
+        # One line, as front ends print errors: the last line that says "error", which
+        # for make and compilers is the cause rather than make's own summary.
+        errors = [line for line in tail if "error" in line.lower()]
+        cause = (errors or list(tail) or [f"exit status {code}"])[-1].strip()
+        raise InitkitError(
+            f"{shlex.join(args)} failed (exit status {code}): {cause}"
+            + (f"; {hint}" if hint else "")
+        )

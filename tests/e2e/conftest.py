@@ -1,4 +1,5 @@
-"""Real boots: Debian's kernel under QEMU TCG, a real virtiofsd, stores the tests build.
+"""Real boots: Debian's kernel and initkit's minimal kernel under QEMU TCG, a real
+virtiofsd, stores the tests build.
 
 Every boot has a timeout. The initrd is hostrun's default for the kernel (built once,
 cached). HOSTRUN_E2E_INITRD=PATH runs the suite on another initrd. With
@@ -132,10 +133,47 @@ def _host_library(name: str) -> Path:
     return path.resolve()
 
 
-@pytest.fixture
-def vm(e2e_kernel: Path, e2e_initrd: Path) -> VmRunner:
-    """The plugin's runner on the test kernel and initrd, under TCG (KVM hangs here)."""
-    return VmRunner(kernel=e2e_kernel, initrd=e2e_initrd, accel="tcg", vmm="qemu",
+@pytest.fixture(scope="session")
+def minimal_kernel(e2e_tools: None) -> Path:
+    """initkit's minimal kernel if `initbuilder kernel build` has built it: a lookup in
+    the cache (no build here: it takes minutes; CI builds it before the tests)."""
+    from initbuilder.kernelbuild import lookup
+
+    built = lookup()
+    if built is None:
+        missing_part("the minimal kernel is not built: run `initbuilder kernel build` first")
+    assert built is not None
+    return built.bzimage
+
+
+@pytest.fixture(scope="session")
+def minimal_initrd(minimal_kernel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The initrd for the minimal kernel, chosen as e2e_initrd chooses it."""
+    choice = os.environ.get("HOSTRUN_E2E_INITRD", "")
+    if choice not in ("", "floor"):
+        return Path(choice)
+    if choice == "floor":
+        sys.path.insert(0, str(REPO))
+        from bench.floor import build_floor_initrd
+
+        return build_floor_initrd(tmp_path_factory.mktemp("floor") / "floor.cpio",
+                                  kernel=minimal_kernel)
+    from hostrun.initrd import default_initrd
+
+    return default_initrd(minimal_kernel)
+
+
+@pytest.fixture(params=["debian", "minimal"])
+def vm(request: pytest.FixtureRequest) -> VmRunner:
+    """The plugin's runner under TCG (KVM hangs here), once on Debian's kernel with
+    its initrd, once on initkit's minimal kernel with its own (no modules)."""
+    if request.param == "debian":
+        kernel, initrd = (request.getfixturevalue("e2e_kernel"),
+                          request.getfixturevalue("e2e_initrd"))
+    else:
+        kernel, initrd = (request.getfixturevalue("minimal_kernel"),
+                          request.getfixturevalue("minimal_initrd"))
+    return VmRunner(kernel=kernel, initrd=initrd, accel="tcg", vmm="qemu",
                     timeout=BOOT_TIMEOUT)
 
 

@@ -1,4 +1,5 @@
-"""End to end: boots of Debian's kernel under QEMU TCG with a real virtiofsd."""
+"""End to end: boots of Debian's kernel and of initkit's minimal kernel (the ``vm``
+fixture runs each test on both) under QEMU TCG with a real virtiofsd."""
 
 from __future__ import annotations
 

@@ -230,3 +230,19 @@ def test_find_tree_for_a_kernel_in_an_unpacked_root(
         find_tree(kernel=image, modules_dir=other)
     with pytest.raises(InitkitError, match="does not exist"):
         find_tree(modules_dir=tmp_path / "nowhere")
+
+
+def test_kernel_with_everything_built_in_gets_no_module_step(
+    module_tree: ModuleTreeBuilder,
+) -> None:
+    # What `initbuilder kernel build` installs: modules.builtin and no .ko at all.
+    module_tree.builtin(["fuse", "virtiofs", "virtio_mmio", "virtio_pci"])
+    image = Image()
+    assert add_modules(image, modules_dir=module_tree.root) == []
+    assert list(image.items()) == [], "no load list and no module files"
+    # One module that is not built in brings the step back.
+    module_tree.add("extra")
+    image = Image()
+    assert add_modules(image, modules_dir=module_tree.root, names=["virtiofs", "extra"]) == [
+        f"/lib/modules/{VERSION}/kernel/drivers/test/extra.ko"]
+    assert "etc/initkit/modules" in dict(image.items())
