@@ -30,6 +30,9 @@ def test_initrd_for_the_minimal_kernel_carries_no_modules(minimal_initrd: Path) 
 def test_hostrun_kernel_minimal_boots_the_cached_build(hostrun_cli, store: Store,
                                                        minimal_kernel: Path) -> None:
     """The word `minimal` finds the built kernel; the guest runs it with no module loaded."""
+    if os.environ.get("INITKIT_TEST_MINIMAL_KERNEL"):
+        pytest.skip("the minimal kernel comes from another machine's build here; the word "
+                    "`minimal` finds this machine's own (tested where it is built)")
     run: CliRun = hostrun_cli("--kernel", "minimal", "--store", str(store.root),
                               "--run", "uname -r; wc -l < /proc/modules; ls /nix/store | wc -l",
                               kernel=False, initrd=False)
