@@ -5,7 +5,7 @@ Run: python bench/boot.py [--runs N] [--accel tcg|kvm] [--minimal BZIMAGE] [--no
 Wall time from invocation to exit, for `--exec` of a tiny static program from a store
 shared over virtiofs, on Debian 12's kernel and on initkit's minimal kernel. The floor
 is what it costs at least: the same QEMU machine, kernel, kernel command line and
-modules, the C virtiofsd started directly, and a busybox sh script as /init doing the
+modules, the virtiofsd hostrun picks started directly, and a busybox sh script as /init doing the
 same mounts and exec (bench/floor.py); it is started from this already-running process,
 so it pays no interpreter start-up. Rows:
   floor                         plain QEMU + virtiofsd + busybox /init
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.floor import build_floor_initrd
 from hostrun import hostcpu
 from hostrun.action import Action, kernel_cmdline
+from hostrun.virtiofs import choose_daemon
 from hostrun.vmm import BootConfig, Qemu
 from initbuilder.kernel import extract_vmlinux
 from initbuilder.kernelbuild import lookup
@@ -59,16 +60,33 @@ def make_store(root: Path) -> str:
 
 def floor_run(vmlinux: Path, initrd: Path, store: Path, program: str, accel: str,
               workdir: Path) -> float:
-    """One floor boot: virtiofsd on an inherited socket, then QEMU; seconds to exit."""
+    """One floor boot: the virtiofsd hostrun would pick (C on Debian 12, Rust on 13, in
+    the sandbox hostrun would use) on an inherited socket, then QEMU; seconds to exit,
+    counting a boot that QEMU 10 lost before the init (booted again, as hostrun does)."""
     start = time.perf_counter()
+    for _ in range(3):
+        output = _floor_boot(vmlinux, initrd, store, program, accel, workdir)
+        if output:
+            break
+        FLOOR_RETRIES.append(1)
+    took = time.perf_counter() - start
+    if b"Hello, world!" not in output or b":exit=0" not in output:
+        raise SystemExit(f"floor boot failed:\n{output.decode(errors='replace')}")
+    return took
+
+
+FLOOR_RETRIES: list[int] = []
+
+
+def _floor_boot(vmlinux: Path, initrd: Path, store: Path, program: str, accel: str,
+                workdir: Path) -> bytes:
     path = workdir / "floor.sock"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(path))
     listener.listen(1)
-    daemon = subprocess.Popen(["/usr/lib/qemu/virtiofsd", f"--fd={listener.fileno()}",
-                               "-o", f"source={store}", "-o", "cache=auto",
-                               "-o", "log_level=warn"],
-                              pass_fds=(listener.fileno(),), stderr=subprocess.DEVNULL)
+    fs = choose_daemon("auto", store)
+    daemon = subprocess.Popen(fs.argv(path, listener.fileno()), pass_fds=(listener.fileno(),),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     listener.close()
     qemu = Qemu(tsc_khz=hostcpu.host_tsc_khz() if accel == "tcg" else None)
     cmdline = kernel_cmdline(defaults=qemu.cmdline_defaults(accel), nonce="0" * 16,
@@ -77,11 +95,8 @@ def floor_run(vmlinux: Path, initrd: Path, store: Path, program: str, accel: str
                                 fs_socket=path, accel=accel))
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     daemon.wait()
-    took = time.perf_counter() - start
     path.unlink()
-    if b"Hello, world!" not in proc.stdout or b":exit=0" not in proc.stdout:
-        raise SystemExit(f"floor boot failed:\n{proc.stdout.decode(errors='replace')}")
-    return took
+    return proc.stdout
 
 
 def hostrun_run(kernel: Path | str, initrd: Path | None, store: Path, program: str,
@@ -167,8 +182,13 @@ def main() -> None:
             for name, runner in runners.items():
                 rows[name].append(runner())
     medians = {name: statistics.median(times) for name, times in rows.items()}
+    qemu_version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                                  text=True, check=False).stdout.splitlines()[:1]
+    print(f"Debian {Path('/etc/debian_version').read_text().strip()}, {' '.join(qemu_version)}, "
+          f"virtiofsd {choose_daemon('auto', Path('/')).name}, Python {sys.version.split()[0]}")
     print(f"Debian kernel {kernel.version}; minimal kernel {minimal}; accel {args.accel}, "
-          f"{args.runs} runs each, {os.cpu_count()} CPUs")
+          f"{args.runs} runs each, {os.cpu_count()} CPUs; floor boots lost before the init "
+          f"and booted again: {len(FLOOR_RETRIES)}")
     print(f"{'':28} {'median':>8} {'min':>8} {'max':>8} {'/floor':>7}")
     for name, times in rows.items():
         print(f"{name:28} {medians[name] * 1000:7.0f}ms {min(times) * 1000:7.0f}ms "

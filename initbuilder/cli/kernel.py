@@ -202,6 +202,9 @@ _BUILT_FIELDS = ("version", "bzimage", "vmlinux", "config", "modules-dir", "root
               help="Parallel compile jobs (default: every core).")
 @click.option("--rebuild", is_flag=True,
               help="Run make even when the kernel is cached (after editing a --source tree).")
+@click.option("--check", is_flag=True,
+              help="Only check the fragments: install and unpack the source, configure it "
+                   "and name every option Kconfig dropped; compile nothing (seconds).")
 @click.option("--cached", is_flag=True,
               help="Only look: print the cached kernel, or exit 1 if it is not built. Installs "
                    "and builds nothing.")
@@ -210,7 +213,7 @@ _BUILT_FIELDS = ("version", "bzimage", "vmlinux", "config", "modules-dir", "root
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-v", "--verbose", count=True, help="Show make's own lines.")
 def build(source: Path | None, fragments: tuple[Path, ...], output: Path | None,
-          jobs: int | None, rebuild: bool, cached: bool, print_field: str | None,
+          jobs: int | None, rebuild: bool, check: bool, cached: bool, print_field: str | None,
           as_json: bool, verbose: int) -> None:
     """Build a kernel for initkit's VMs: tinyconfig plus initkit's fragment.
 
@@ -225,14 +228,23 @@ def build(source: Path | None, fragments: tuple[Path, ...], output: Path | None,
       initbuilder kernel build --print bzimage       # the one path
       initbuilder kernel build --config-fragment extra.config
       initbuilder kernel build --cached || echo "not built yet"
+      initbuilder kernel build --check --config-fragment extra.config
       hostrun --kernel minimal ...                   # boots it (builds it if needed)
     """
     import os
     import shutil
+    import tempfile
 
-    from initbuilder.kernelbuild import build_kernel, lookup
+    from initbuilder.kernelbuild import build_kernel, configure_only, lookup
 
     setup_logging(verbose)
+    if check:
+        with tempfile.TemporaryDirectory(prefix="initkit-kconfig-") as tmp:
+            configure_only(source, fragments, Path(tmp) / "objects",
+                           report=lambda text: click.echo(text, err=True))
+        click.echo("initbuilder: Kconfig kept every option of the fragments; nothing was "
+                   "compiled", err=True)
+        return
     if cached:
         built = lookup(source, fragments)
         if built is None:
