@@ -121,7 +121,7 @@ initkit_setup() {
   fi
   # Installed, with its test tools, and from this checkout (not another clone's).
   local installed
-  installed="$(cd / && "$venv/bin/python" -c 'import elftools, libarchive, click, pytest, initbuilder, hostrun
+  installed="$(cd / && "$venv/bin/python" -c 'import elftools, libarchive, click, pytest, xdist, initbuilder, hostrun
 print(initbuilder.__file__)' 2>/dev/null || true)"
   if [ "$installed" != "$INITKIT_ROOT/initbuilder/__init__.py" ] \
      || [ ! -x "$venv/bin/initbuilder" ] || [ ! -x "$venv/bin/ruff" ]; then
