@@ -47,9 +47,8 @@ IDLE_FLUSH = 0.2  # seconds before held bytes are shown anyway (terminal output 
 # on a slow machine with Debian's kernel, well under a second with KVM.
 SILENCE_NOTICE = {"tcg": 15.0, "kvm": 5.0}
 # Boots that die before the guest's init said a word are booted again this many times:
-# nothing of the user's has run yet, so a second boot is safe. QEMU 10's TCG faults now
-# and then in the guest kernel's first half second (a #DE at a `ret` in start_kernel, on
-# 6.1 and 6.12 kernels alike, a few boots in a hundred under load; never seen on 7.2).
+# nothing of the user's has run yet, so a second boot is safe. (QEMU 10's legacy PIC did
+# that to a few boots in thirty until microvm got pic=off: docs/hostrun.md.)
 EARLY_DEATH_RETRIES = 2
 
 
