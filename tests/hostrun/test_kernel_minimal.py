@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ from initbuilder.kernelbuild import lookup
 def real_cache_kernel() -> tuple[Path, Path]:
     """(cache root, bzImage) of the built kernel, looked up before this directory's
     private_cache fixture points INITKIT_CACHE at an empty one."""
+    if os.environ.get("INITKIT_TEST_MINIMAL_KERNEL"):
+        pytest.skip("$INITKIT_TEST_MINIMAL_KERNEL: the minimal kernel is built on another "
+                    "machine; the word `minimal` finds this machine's own")
     built = lookup()
     if built is None:
         missing_part("the minimal kernel is not built: run `initbuilder kernel build` first")
