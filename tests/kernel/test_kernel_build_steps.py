@@ -19,8 +19,8 @@ from initbuilder.errors import InitkitError
 from initbuilder.kernelbuild import build_kernel, lookup
 from initbuilder.kernelsource import BUILD_PACKAGES, missing_packages
 
-# $(O) is the object tree; every make run is counted in $(O)/runs. BZIMAGE=fail or
-# BZIMAGE=hang (in the environment) break the compile on purpose.
+# $(O) is the object tree; every make run is counted in $(O)/runs. BZIMAGE=fail,
+# BZIMAGE=hang and BZIMAGE=slow (in the environment) change the compile on purpose.
 MAKEFILE = """\
 VERSION = 6
 PATCHLEVEL = 1
@@ -36,6 +36,7 @@ bzImage:
 \t@echo "  CC      init/main.o"
 \t@if [ "$$BZIMAGE" = fail ]; then echo "init/main.c:1: error: broken on purpose" >&2; exit 2; fi
 \t@if [ "$$BZIMAGE" = hang ]; then echo $$$$ > $(O)/make.pid; sleep 60; fi
+\t@if [ "$$BZIMAGE" = slow ]; then sleep 3; fi
 \t@mkdir -p $(O)/arch/x86/boot $(O)/include/config
 \t@echo kernel > $(O)/arch/x86/boot/bzImage; echo elf > $(O)/vmlinux
 \t@echo 6.1.0-fake > $(O)/include/config/kernel.release
@@ -81,7 +82,9 @@ def test_build_installs_once_and_a_second_call_runs_no_make(fake_tree: Path,
     assert "CONFIG_VIRTIO_FS=y" in built.config.read_text()  # the fragment, merged
     assert said[0] == "kernel build: configure" and "kernel build: compile" in said
     runs = (objects(tmp_path) / "runs").read_text().split()
-    assert runs == ["tinyconfig", "olddefconfig", "bzImage", "modules"]
+    # make -j runs bzImage and modules in either order.
+    assert runs[:2] == ["tinyconfig", "olddefconfig"]
+    assert sorted(runs[2:]) == ["bzImage", "modules"]
     assert build_kernel(fake_tree, report=said.append) == built
     assert lookup(fake_tree) == built
     assert (objects(tmp_path) / "runs").read_text().split() == runs, "no make the second time"
@@ -122,3 +125,19 @@ def test_sigterm_stops_make_and_leaves_no_kernel(fake_tree: Path, tmp_path: Path
         time.sleep(0.1)
     assert not Path(f"/proc/{shell}").exists(), "make's recipe still runs"
     assert built_entries(tmp_path) == []
+
+
+def test_two_builds_at_once_build_once(fake_tree: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "BZIMAGE": "slow"}
+    argv = [sys.executable, "-m", "initbuilder", "kernel", "build", "--source", str(fake_tree),
+            "--print", "bzimage"]
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)  # the first one holds the lock, compiling
+    second = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out1, err1 = first.communicate(timeout=60)
+    out2, err2 = second.communicate(timeout=60)
+    assert first.returncode == second.returncode == 0, (err1, err2)
+    assert out1 == out2 and Path(out1.decode().strip()).is_file()
+    assert b"waiting for another build" in err1 + err2, (err1, err2)
+    assert (objects(tmp_path) / "runs").read_text().split().count("bzImage") == 1
+    assert len(built_entries(tmp_path)) == 1
