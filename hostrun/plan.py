@@ -30,7 +30,8 @@ ACCEL_CHOICES = ("auto", "kvm", "tcg")
 ACCEL_ENV = "HOSTRUN_ACCEL"
 KERNEL_ENV = "HOSTRUN_KERNEL"
 SILENCE_ENV = "HOSTRUN_SILENCE_NOTICE"
-# --kernel's word for initkit's own kernel; a file of that name is ./minimal.
+# --kernel's word for initkit's own kernel; a file of that name needs its directory
+# ($PWD/minimal: Path turns ./minimal into minimal).
 MINIMAL_KERNEL = "minimal"
 
 
@@ -128,7 +129,7 @@ def find_kernel(kernel: Path | None) -> Path:
     if kernel is not None and str(kernel) == MINIMAL_KERNEL:
         from initbuilder.kernelbuild import minimal_kernel
 
-        return minimal_kernel(report=log.warning).bzimage
+        return minimal_kernel(report=lambda text: log.warning("hostrun: %s", text)).bzimage
     if kernel is not None:
         return _existing_file(kernel, "--kernel", "a kernel image (bzImage or vmlinux)")
     from initbuilder.kernelfetch import fetch_debian_kernel

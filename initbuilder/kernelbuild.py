@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -132,7 +134,7 @@ def build_kernel(
     if found is not None and not rebuild:
         return found
     objects = cache_dir("kernel-objects", f"{src.ident}-{ARCH}")
-    with _locked(objects.with_name(objects.name + ".lock"), report):
+    with _terminate_as_exit(), _locked(objects.with_name(objects.name + ".lock"), report):
         found = _load(entry)
         if found is not None and not rebuild:
             return found  # built by another process while we waited
@@ -181,6 +183,25 @@ def _host_state_key() -> str:
         except OSError:
             digest.update(f"{path}:missing\0".encode())
     return digest.hexdigest()[:24]
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) while building, so make is stopped and the
+    temporary install directory removed as on ^C (the default action would kill this
+    process at once and leave make running); outside the main thread, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

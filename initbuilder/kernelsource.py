@@ -90,10 +90,15 @@ def installed_debian_source() -> tuple[str, str] | None:
     return (package, version) if version else None
 
 
+def missing_packages(packages: tuple[str, ...] | list[str]) -> list[str]:
+    """Those of ``packages`` that dpkg does not list as installed."""
+    have = _installed(*packages)
+    return [p for p in packages if not have.get(p)]
+
+
 def ensure_packages(packages: tuple[str, ...] | list[str]) -> None:
     """apt-get install whichever of ``packages`` dpkg does not list as installed."""
-    have = _installed(*packages)
-    missing = [p for p in packages if not have.get(p)]
+    missing = missing_packages(packages)
     if not missing:
         return
     if os.geteuid() != 0:

@@ -65,11 +65,11 @@ def run_lines(
     env: Mapping[str, str] | None = None,
     cwd: Arg | None = None,
     hint: str = "",
-    keep: int = 40,
+    keep: int = 200,
 ) -> None:
     """Run argv, handing each line of its merged stdout and stderr to ``on_line`` as it
     comes (for long builds that show progress); raise InitkitError if it cannot start or
-    exits non-zero, naming the last line of its output that mentions an error. The child
+    exits non-zero, naming the line of its output that gives the error. The child
     is stopped and waited for if this process is interrupted, so nothing keeps writing
     after we return."""
     args = [str(a) for a in argv]
@@ -101,10 +101,13 @@ def run_lines(
                 proc.kill()
                 proc.wait()
     if code != 0:
-        # One line, as front ends print errors: the last line that says "error", which
-        # for make and compilers is the cause rather than make's own summary.
+        # One line, as front ends print errors: the first compiler-style "error:" line
+        # (the cause), else the last line that mentions an error (make's own "*** ...
+        # Error 2" summary), else the last line.
+        causes = [line for line in tail if "error:" in line.lower()]
         errors = [line for line in tail if "error" in line.lower()]
-        cause = (errors or list(tail) or [f"exit status {code}"])[-1].strip()
+        cause = (causes[:1] or errors[-1:] or list(tail)[-1:] or [f"exit status {code}"])[0]
+        cause = cause.strip()
         raise InitkitError(
             f"{shlex.join(args)} failed (exit status {code}): {cause}"
             + (f"; {hint}" if hint else "")
