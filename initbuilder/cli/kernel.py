@@ -147,13 +147,7 @@ def fetch(package: str | None, release: str | None, refresh: bool, cache: Path |
         "modules-dir": str(fetched.modules_dir),
         "root": str(fetched.root),
     }
-    if print_field:
-        click.echo(fields[print_field])
-    elif as_json:
-        click.echo(json.dumps(fields, indent=1))
-    else:
-        for key, value in fields.items():
-            click.echo(f"{key + ':':13}{value}")
+    _show(fields, print_field, as_json)
 
 
 @kernel.command(cls=Command)
@@ -264,6 +258,11 @@ def build(source: Path | None, fragments: tuple[Path, ...], output: Path | None,
             shutil.copyfile(path, tmp)
             os.replace(tmp, output / name)
     fields = built.fields()
+    _show(fields, print_field, as_json)
+
+
+def _show(fields: dict[str, str], print_field: str | None, as_json: bool) -> None:
+    """One field (--print), a JSON object (--json), or "key: value" lines."""
     if print_field:
         click.echo(fields[print_field])
     elif as_json:
