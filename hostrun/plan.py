@@ -67,6 +67,7 @@ def plan(request: Request) -> RunSpec:
         raise InitkitError(f"--cpus {request.cpus}: give at least 1")
     if request.timeout is not None and request.timeout <= 0:
         raise InitkitError(f"--timeout {request.timeout:g}: give a positive number of seconds")
+    silence = _silence_notice(request.silence_notice)  # a bad value fails before any work
     kernel = find_kernel(request.kernel)
     store = request.store.resolve()
     daemon = choose_daemon(request.daemon, store)
@@ -86,7 +87,7 @@ def plan(request: Request) -> RunSpec:
         action=request.action, cpus=request.cpus, memory_mib=request.memory_mib,
         extra_cmdline=request.extra_cmdline, timeout=request.timeout,
         verbose=request.verbose, fs_tag=request.fs_tag,
-        silence_notice=_silence_notice(request.silence_notice), store_view=store_view,
+        silence_notice=silence, store_view=store_view,
     )
 
 

@@ -231,3 +231,13 @@ def test_piped_input_asks_the_guest_not_to_echo_it() -> None:
     assert "initkit.noecho" in quiet.split()
     assert "initkit.noecho" not in kernel_cmdline(defaults=[], nonce="0" * 16, verbose=False,
                                                   action=None).split()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3"])
+def test_a_bad_silence_notice_is_refused_before_any_work(
+        value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOSTRUN_SILENCE_NOTICE", value)
+    # The kernel does not exist either: the variable is the first thing checked.
+    request = plan.Request(kernel=tmp_path / "no-kernel", store=tmp_path)
+    with pytest.raises(InitkitError, match=r"\$HOSTRUN_SILENCE_NOTICE=.*positive number"):
+        plan.plan(request)
