@@ -55,7 +55,7 @@ _initkit_first_known() {
 }
 
 _initkit_apt_install() {
-  local role name names chosen unresolved=() missing=() need_update=""
+  local role name names chosen unresolved=() missing=() need_update="" updated=""
   for role in "$@"; do
     chosen=""
     IFS='|' read -r -a names <<< "$role"
@@ -75,6 +75,7 @@ _initkit_apt_install() {
   if [ -n "$need_update" ] || [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep _Packages)" ]; then
     echo "initkit: apt-get update" >&2
     _initkit_sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    updated=1
   fi
   for role in "${unresolved[@]}"; do
     chosen="$(_initkit_first_known "$role")"
@@ -88,8 +89,19 @@ _initkit_apt_install() {
   done
   [ "${#missing[@]}" -gt 0 ] || return 0
   echo "initkit: installing ${missing[*]}" >&2
+  _initkit_apt_get_install "${missing[@]}" && return 0
+  # Lists older than what is installed (a machine's image updated from a newer snapshot
+  # than its lists: libarchive13 installed at deb12u5, lists offering libarchive-tools
+  # only for deb12u4) make apt refuse; fresh lists resolve it, so update once and retry.
+  [ -z "$updated" ] || return 1
+  echo "initkit: apt refused the install with these lists; apt-get update and retry" >&2
+  _initkit_sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+  _initkit_apt_get_install "${missing[@]}"
+}
+
+_initkit_apt_get_install() {
   DEBIAN_FRONTEND=noninteractive _initkit_sudo apt-get -o DPkg::Lock::Timeout=600 \
-    install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 _initkit_python() {
