@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from hostrun.console import GuestStatus
+    from guest.contract import ExitStatus
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -49,7 +49,7 @@ class VmResult:
 
     exit_code: int
     output_bytes: bytes
-    status: GuestStatus | None  # None: the guest reported nothing (see error)
+    status: ExitStatus | None  # None: the guest reported nothing (see error)
     error: str | None  # hostrun's own failure message
     argv: tuple[str, ...]  # the VMM command line
 
