@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from hostrun.pytest_plugin import VmResult, VmRunner
+from hostrun.api import VmResult, VmRunner
 
 if TYPE_CHECKING:
     from conftest import Store  # tests/e2e/conftest.py
