@@ -67,11 +67,17 @@ def find_busybox(path: str | None) -> Path:
         if not found.exists():
             raise InitkitError(f"--busybox {path}: no such file")
         return found
-    which = shutil.which("busybox")
-    if which is None:
+    on_path = busybox_on_path()
+    if on_path is None:
         raise InitkitError("--busybox: no busybox on $PATH; install busybox-static "
                            "(apt-get install busybox-static) or pass --busybox PATH")
-    return Path(which)
+    return on_path
+
+
+def busybox_on_path() -> Path | None:
+    """The first busybox on $PATH, if there is one."""
+    which = shutil.which("busybox")
+    return None if which is None else Path(which)
 
 
 def busybox_applets(busybox: Path) -> list[str]:
