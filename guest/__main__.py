@@ -10,7 +10,7 @@ import posix  # not os: importing it costs every boot (guest/system.py)
 import sys
 import time
 
-from guest import protocol
+from guest import contract
 from guest.boot import Outcome, boot
 from guest.system import System
 
@@ -41,7 +41,7 @@ def run(make_system: type[System], started: float,
         boot(system, outcome, started, imported)
     except BaseException as exc:  # PID 1 must outlive every error, bugs included
         _report_crash(exc)
-        outcome.status = protocol.ExitStatus.exited(protocol.INIT_FAILED)
+        outcome.status = contract.ExitStatus.exited(contract.INIT_FAILED)
     return system, outcome
 
 
@@ -57,7 +57,7 @@ def _report_crash(exc: BaseException) -> None:
 
 def finish(system: System | None, outcome: Outcome) -> None:
     """End stray processes, report the status, sync, power off (returns only if refused)."""
-    record = protocol.record(outcome.nonce, outcome.status)
+    record = contract.record(outcome.nonce, outcome.status)
     if system is not None:
         try:
             system.end_all(_GRACE_SECONDS)

@@ -6,11 +6,14 @@ import errno
 
 from guest import plan as steps
 from guest.cmdline import parse
-from guest.protocol import (
+from guest.contract import (
+    APPLET_LIST,
     INIT_FAILED,
+    MODULE_LIST,
     NO_NONCE,
     NOT_EXECUTABLE,
     NOT_FOUND,
+    STORE,
     ExitStatus,
     ready_record,
 )
@@ -71,9 +74,9 @@ def boot(system: System, outcome: Outcome, started: float,
         timeline.marks.append(("import the guest package", imported))
     run_steps(steps.early_steps(), system, timeline)
     cmdline = parse(system.read_cmdline())
-    plan = steps.make_plan(cmdline, modules=system.read_text(steps.MODULE_LIST),
+    plan = steps.make_plan(cmdline, modules=system.read_text(MODULE_LIST),
                            shell=system.find_shell(), environ=system.environ(),
-                           applets=system.read_text(steps.APPLET_LIST))
+                           applets=system.read_text(APPLET_LIST))
     outcome.nonce = plan.nonce
     timeline.mark("read the command line and plan")
     for warning in plan.warnings:
@@ -226,14 +229,14 @@ def _exec_failure(program: str, exc: OSError, system: System) -> ExitStatus:
 
 def _switch_root(action: steps.SwitchRoot, system: System) -> ExitStatus:
     new_root, init = action.new_root, action.argv[0]
-    if init.startswith(steps.STORE + "/") and not system.exists(init):
+    if init.startswith(STORE + "/") and not system.exists(init):
         # Checked before anything is torn down, so a typo leaves a working initrd.
         return _exec_failure(init, OSError(errno.ENOENT, "No such file or directory"), system)
     try:
         system.make_dir(new_root)
         system.mount("tmpfs", new_root, "tmpfs", 0, "mode=0755")
-        system.make_dir(new_root + steps.STORE)
-        system.mount(steps.STORE, new_root + steps.STORE, None, steps.MS_MOVE, "")
+        system.make_dir(new_root + STORE)
+        system.mount(STORE, new_root + STORE, None, steps.MS_MOVE, "")
         for path in steps.CARRIED_MOUNTS:
             try:
                 system.make_dir(new_root + path)

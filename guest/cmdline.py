@@ -66,6 +66,10 @@ class Cmdline:
                 return param.value
         return None
 
+    def first_of(self, keys: tuple[str, ...]) -> str | None:
+        """The first of ``keys`` that appears (``keys`` in priority order), else None."""
+        return next((key for key in keys if self.has(key)), None)
+
     def init_args(self) -> list[str]:
         """The words after ``--``, as the kernel passes them to init's argv."""
         return [p.word() for p in self.init_params]
@@ -73,21 +77,32 @@ class Cmdline:
 
 def parse(raw: bytes | str) -> Cmdline:
     """Split a command line (the bytes of /proc/cmdline) into parameters."""
+    params: list[Param] = []
+    init_params: list[Param] = []
+    target = params
+    for _, param in words(raw):
+        if target is params and param.value is None and param.key == "--":
+            target = init_params
+            continue
+        target.append(param)
+    return Cmdline(tuple(params), tuple(init_params))
+
+
+def words(raw: bytes | str) -> list[tuple[str, Param]]:
+    """Each argument as written (quotes kept) with what it parses to, ``--`` included:
+    for a host that edits a command line by the guest's rules."""
     data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
     nul = data.find(b"\0")
     if nul >= 0:
         data = data[:nul]
-    params: list[Param] = []
-    init_params: list[Param] = []
-    target = params
+    found: list[tuple[str, Param]] = []
     pos = _skip_spaces(data, 0)
     while pos < len(data):
-        key, value, pos = _next_arg(data, pos)
-        if target is params and value is None and key == b"--":
-            target = init_params
-            continue
-        target.append(Param(_decode(key), None if value is None else _decode(value)))
-    return Cmdline(tuple(params), tuple(init_params))
+        key, value, end = _next_arg(data, pos)
+        param = Param(_decode(key), None if value is None else _decode(value))
+        found.append((_decode(data[pos:end]), param))
+        pos = _skip_spaces(data, end)
+    return found
 
 
 def _decode(piece: bytes) -> str:
@@ -101,7 +116,7 @@ def _skip_spaces(data: bytes, pos: int) -> int:
 
 
 def _next_arg(data: bytes, pos: int) -> tuple[bytes, bytes | None, int]:
-    """One argument from ``pos``: (key, value or None, position of the next one)."""
+    """One argument from ``pos``: (key, value or None, where the argument ends)."""
     quoted = data[pos] == _QUOTE
     if quoted:
         pos += 1
@@ -134,4 +149,4 @@ def _next_arg(data: bytes, pos: int) -> tuple[bytes, bytes | None, int]:
         elif quoted and last_is_quote:
             value_end = end - 1
         value = data[value_start:max(value_start, value_end)]
-    return key, value, _skip_spaces(data, end + 1 if end < len(data) else end)
+    return key, value, end

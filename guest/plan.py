@@ -7,7 +7,7 @@ unit-tested without a VM. guest.boot carries the result out through guest.system
 
 from __future__ import annotations
 
-from guest import protocol
+from guest import contract
 from guest.cmdline import Cmdline
 
 # mount(2) flags, from linux/fs.h (kept here so this module needs no ctypes).
@@ -20,25 +20,9 @@ MS_BIND = 0x1000
 MS_MOVE = 0x2000
 MNT_DETACH = 0x2  # umount2(2)
 
-STORE = "/nix/store"
-DEFAULT_TAG = "tvix"
-MODULE_LIST = "/etc/initkit/modules"
-# Busybox applet paths the init links to BUSYBOX at boot (initbuilder writes the list
-# instead of archive entries: see initbuilder/sources.py add_busybox).
-APPLET_LIST = "/etc/initkit/applets"
-BUSYBOX = "/bin/busybox"
 NEW_ROOT = "/sysroot"
 # Directories an init= switch carries into the new root (NixOS's stage 1 does the same).
 CARRIED_MOUNTS = ("/dev", "/proc", "/sys", "/run")
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Highest priority first: the first of these present on the command line is the action.
-ACTION_KEYS = ("tvix.find", "tvix.shell", "tvix.exec", "tvix.run", "init")
-# Test-only: bind this directory on /nix/store instead of mounting virtiofs.
-TEST_STORE_KEY = "initkit.test.store"
-_KNOWN_KEYS = frozenset(
-    (*ACTION_KEYS, "tvix.tag", protocol.NONCE_KEY, protocol.NOECHO_KEY, "initkit.debug",
-     TEST_STORE_KEY)
-)
 NEEDS_BUSYBOX = "rebuild the initrd with `initbuilder build --busybox`"
 
 
@@ -207,15 +191,6 @@ def early_steps() -> tuple[Step, ...]:
     )
 
 
-def listed_paths(listing: str | None) -> tuple[str, ...]:
-    """The paths of a list file, the module load list (/etc/initkit/modules) or the
-    applet list: one path a line; blanks and #comments skipped."""
-    if not listing:
-        return ()
-    lines = (line.strip() for line in listing.splitlines())
-    return tuple(line for line in lines if line and not line.startswith("#"))
-
-
 def make_plan(cmdline: Cmdline, *, modules: str | None = None,
               shell: tuple[str, ...] | None = None,
               environ: dict[str, str] | None = None, applets: str | None = None) -> Plan:
@@ -228,79 +203,83 @@ def make_plan(cmdline: Cmdline, *, modules: str | None = None,
     environ = dict(environ or {})
     warnings = [f"unknown key {p.key!r} on the kernel command line; ignored"
                 for p in (*cmdline.params, *cmdline.init_params)
-                if p.key.startswith(("tvix.", "initkit.")) and p.key not in _KNOWN_KEYS]
-    nonce = cmdline.value(protocol.NONCE_KEY)
+                if p.key.startswith(contract.KEY_PREFIXES) and p.key not in contract.KNOWN_KEYS]
+    nonce = cmdline.value(contract.NONCE_KEY)
     if nonce is None:
-        nonce = protocol.NO_NONCE
-    elif not protocol.valid_nonce(nonce):
-        warnings.append(f"{protocol.NONCE_KEY}={nonce!r} is not 16 hex digits; "
-                        f"reporting with nonce {protocol.NO_NONCE!r}")
-        nonce = protocol.NO_NONCE
+        nonce = contract.NO_NONCE
+    elif not contract.valid_nonce(nonce):
+        warnings.append(f"{contract.NONCE_KEY}={nonce!r} is not 16 hex digits; "
+                        f"reporting with nonce {contract.NO_NONCE!r}")
+        nonce = contract.NO_NONCE
     action = _action(cmdline, shell, environ)
     # Only an interactive shell is still useful without the store.
     store_needed = not (isinstance(action, Spawn) and action.what == "shell")
     store_needed = store_needed and not isinstance(action, Fail)
     steps: list[Step] = []
-    applet_paths = listed_paths(applets)
+    applet_paths = contract.listed_paths(applets)
     if applet_paths:
-        steps.append(LinkAll(applet_paths, BUSYBOX))
-    steps.extend(LoadModule(path) for path in listed_paths(modules))
-    steps.append(MakeDir(STORE))
+        steps.append(LinkAll(applet_paths, contract.BUSYBOX))
+    steps.extend(LoadModule(path) for path in contract.listed_paths(modules))
+    steps.append(MakeDir(contract.STORE))
     steps.extend(_store_mounts(cmdline, fatal=store_needed))
-    return Plan(tuple(steps), action, nonce, cmdline.has("initkit.debug"), tuple(warnings),
-                echo=not cmdline.has(protocol.NOECHO_KEY))
+    return Plan(tuple(steps), action, nonce, cmdline.has(contract.DEBUG_KEY), tuple(warnings),
+                echo=not cmdline.has(contract.NOECHO_KEY))
 
 
 def _store_mounts(cmdline: Cmdline, *, fatal: bool) -> list[Step]:
-    test_dir = cmdline.value(TEST_STORE_KEY)
+    test_dir = cmdline.value(contract.TEST_STORE_KEY)
     if test_dir:
-        hint = f"{TEST_STORE_KEY}={test_dir} must name a directory in the guest"
+        hint = f"{contract.TEST_STORE_KEY}={test_dir} must name a directory in the guest"
         return [
-            Mount(test_dir, STORE, None, MS_BIND, fatal=fatal, hint=hint),
-            Mount("none", STORE, None, MS_REMOUNT | MS_BIND | MS_RDONLY, fatal=fatal, hint=hint),
+            Mount(test_dir, contract.STORE, None, MS_BIND, fatal=fatal, hint=hint),
+            Mount("none", contract.STORE, None, MS_REMOUNT | MS_BIND | MS_RDONLY, fatal=fatal,
+                  hint=hint),
         ]
-    tag = cmdline.value("tvix.tag") or DEFAULT_TAG
+    tag = cmdline.value(contract.TAG_KEY) or contract.DEFAULT_TAG
     hint = (f"is a virtiofs device with tag {tag!r} attached (hostrun does this), and is "
             "the virtiofs module in the initrd or built in?")
-    return [Mount(tag, STORE, "virtiofs", MS_RDONLY, fatal=fatal, hint=hint)]
+    return [Mount(tag, contract.STORE, "virtiofs", MS_RDONLY, fatal=fatal, hint=hint)]
 
 
 def child_env(environ: dict[str, str]) -> dict[str, str]:
     """The clean environment of programs the init starts."""
-    return {"PATH": DEFAULT_PATH, "HOME": "/", "TERM": environ.get("TERM") or "linux"}
+    return {"PATH": contract.DEFAULT_PATH, "HOME": "/", "TERM": environ.get("TERM") or "linux"}
 
 
 def _action(cmdline: Cmdline, shell: tuple[str, ...] | None,
             environ: dict[str, str]) -> Action:
-    key = next((k for k in ACTION_KEYS if cmdline.has(k)), None)
-    value = (cmdline.value(key) or "").strip() if key else ""
+    key = cmdline.first_of(contract.ACTION_KEYS)
+    # The value as the host wrote it (guest/contract.py); only a blank one means none.
+    value = (cmdline.value(key) or "") if key else ""
+    if not value.strip():
+        value = ""
     env = child_env(environ)
-    if key == "tvix.find":
-        return ListTree(STORE)
-    if key == "tvix.shell":
+    if key == contract.FIND_KEY:
+        return ListTree(contract.STORE)
+    if key == contract.SHELL_KEY:
         if value:
-            return Spawn(tuple(value.split()), env, "shell")
+            return Spawn(contract.exec_argv(value), env, "shell")
         if shell is None:
             return Fail("tvix.shell: the initrd has no shell (/bin/sh); "
                         f"{NEEDS_BUSYBOX}, or name one: tvix.shell=/nix/store/.../bin/bash",
-                        protocol.NOT_FOUND)
+                        contract.NOT_FOUND)
         return Spawn(shell, env, "shell")
-    if key == "tvix.exec":
+    if key == contract.EXEC_KEY:
         if not value:
             return Fail('tvix.exec names no program; give tvix.exec=PATH or '
-                        'tvix.exec="PATH ARG..."', protocol.USAGE)
-        return Spawn(tuple(value.split()), env, "program")
-    if key == "tvix.run":
+                        'tvix.exec="PATH ARG..."', contract.USAGE)
+        return Spawn(contract.exec_argv(value), env, "program")
+    if key == contract.RUN_KEY:
         if not value:
-            return Fail("tvix.run names no command; give tvix.run=CMD", protocol.USAGE)
+            return Fail("tvix.run names no command; give tvix.run=CMD", contract.USAGE)
         if shell is None:
             return Fail(f"tvix.run needs a shell to run {value!r}, but the initrd has none "
-                        f"(/bin/sh); {NEEDS_BUSYBOX}, or use tvix.exec", protocol.NOT_FOUND)
+                        f"(/bin/sh); {NEEDS_BUSYBOX}, or use tvix.exec", contract.NOT_FOUND)
         return Spawn((*shell, "-c", value), env, "command")
-    if key == "init":
+    if key == contract.INIT_KEY:
         if not value:
             return Fail("init= names no program; give init=/nix/store/...-nixos-system-.../init",
-                        protocol.USAGE)
+                        contract.USAGE)
         return SwitchRoot(NEW_ROOT, (value, *cmdline.init_args()), environ)
     return Fail("no action on the kernel command line (tvix.find, tvix.shell, tvix.exec=, "
-                "tvix.run=, init=); nothing to do", protocol.USAGE)
+                "tvix.run=, init=); nothing to do", contract.USAGE)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from hostrun.action import Action
+from guest import contract
+from hostrun.action import Action, action_key, chosen_actions, without_actions
 from initbuilder.cli.framework import Command, setup_logging
 from initbuilder.errors import InitkitError
 
@@ -97,7 +98,6 @@ def main(kernel: Path | None, initrd: Path | None, store: Path, closure: tuple[s
       hostrun --closure ./result --exec /nix/store/...-hello/bin/hello
       hostrun --shell
     """
-    from hostrun.action import action_words, guest_action_key, without_actions
     from hostrun.plan import Request, plan
     from hostrun.session import run
     from hostrun.vmm import parse_memory
@@ -107,11 +107,12 @@ def main(kernel: Path | None, initrd: Path | None, store: Path, closure: tuple[s
     extra = cmdline if cmdline is not None else os.environ.get(ENV_CMDLINE, "")
     if chosen is not None:
         extra = without_actions(extra)  # the flag wins over an action in CH_CMDLINE
-    elif not action_words(extra):
-        raise InitkitError("nothing to do: pass --find, --shell, --exec PATH, --run CMD or "
-                           "--init PATH (or put tvix.* in --cmdline / CH_CMDLINE)")
-    else:  # the seed's way: CH_CMDLINE=tvix.shell is a shell too
-        shell = guest_action_key(extra) == "tvix.shell"
+    else:
+        key = action_key(extra)
+        if key is None:
+            raise InitkitError("nothing to do: pass --find, --shell, --exec PATH, --run CMD "
+                               "or --init PATH (or put tvix.* in --cmdline / CH_CMDLINE)")
+        shell = key == contract.SHELL_KEY  # the seed's way: CH_CMDLINE=tvix.shell is a shell
     request = Request(
         kernel=kernel, initrd=initrd, store=store, action=chosen,
         cpus=cpus if cpus is not None else _env_int(ENV_CPUS, 1),
@@ -152,23 +153,16 @@ def entry() -> None:
 
 def _action(find: bool, shell: bool, exec_path: str | None, run_cmd: str | None,
             init_path: str | None, args: tuple[str, ...]) -> Action | None:
-    given = [flag for flag, value in (("--find", find), ("--shell", shell),
-                                      ("--exec", exec_path), ("--run", run_cmd),
-                                      ("--init", init_path)) if value]
-    if len(given) > 1:
-        raise InitkitError(f"{' and '.join(given)} each choose what the guest does; pass one")
+    actions = chosen_actions(find=find, shell=shell,
+                             exec=None if exec_path is None else (exec_path, *args),
+                             run=run_cmd, init=init_path)
+    if len(actions) > 1:
+        flags = " and ".join(f"--{action.kind}" for action in actions)
+        raise InitkitError(f"{flags} each choose what the guest does; pass one")
     if args and exec_path is None:
         raise InitkitError(f"unexpected arguments {' '.join(args)!r}: only --exec PATH takes "
                            "arguments after it")
-    if exec_path is not None:
-        return Action("exec", argv=(exec_path, *args))
-    if run_cmd is not None:
-        return Action("run", command=run_cmd)
-    if init_path is not None:
-        return Action("init", command=init_path)
-    if find or shell:
-        return Action("find" if find else "shell")
-    return None
+    return actions[0] if actions else None
 
 
 def _env_int(name: str, default: int) -> int:

@@ -1,7 +1,7 @@
 """The guest's serial console as the user sees it, and the exit status it carries.
 
-Two jobs on one byte stream. ``StatusScanner`` reads the raw stream for the guest
-protocol's status line (``initkit-status:<nonce>:exit=N`` or ``:signal=N``) and for a
+Two jobs on one byte stream. ``StatusScanner`` reads the raw stream for the guest's
+status record (``initkit-status:<nonce>:exit=N`` or ``:signal=N``, guest/contract.py) and for a
 kernel panic; it never misses either, whatever the display does. ``ConsoleFilter``
 decides what the user sees: it streams bytes as they come, holding back only the start
 of a line that may still turn out to be a kernel message (``[    1.234567] ...``,
@@ -12,72 +12,56 @@ after a short idle time so a prompt is never stuck.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-STATUS_TAG = b"initkit-status:"
+from guest import contract
+from guest.contract import ExitStatus
+
 _PANIC = re.compile(rb"Kernel panic - not syncing:[^\r\n]*")
 _INIT_STARTED = re.compile(rb"Run \S+ as init process")
 _MAX_SCAN_TAIL = 4096  # bytes kept between feeds to match a line split across reads
-
-
-@dataclass(frozen=True)
-class GuestStatus:
-    """What the guest reported: a program exit status or the signal that killed it."""
-
-    exit: int | None = None
-    signal: int | None = None
-
-    @property
-    def code(self) -> int:
-        """The status as a shell would report it: N, or 128+N for a signal."""
-        if self.signal is not None:
-            return 128 + self.signal
-        assert self.exit is not None
-        return self.exit
-
-    def describe(self) -> str:
-        return f"killed by signal {self.signal}" if self.signal is not None else f"exit {self.exit}"
-
-
-def status_pattern(nonce: str) -> re.Pattern[bytes]:
-    """The status line of the guest protocol for one nonce (N is 0..255 or a signal)."""
-    return re.compile(
-        re.escape(STATUS_TAG + nonce.encode() + b":") + rb"(exit|signal)=(\d{1,3})\r?\n"
-    )
+_MAX_RECORD = 64  # a record's text after its marker is a few bytes ("signal=15\r")
 
 
 class StatusScanner:
-    """Finds the status line and kernel panics in the raw console stream."""
+    """Finds the guest's records (guest/contract.py) and kernel panics in the raw
+    console stream."""
 
     def __init__(self, nonce: str) -> None:
-        self._pattern = status_pattern(nonce)
+        self._marker = contract.record_marker(nonce)
         self._tail = b""
-        self.status: GuestStatus | None = None
+        self.status: ExitStatus | None = None
         self.panic: str | None = None
         self.init_started = False
         self.ready = False  # the guest's action is about to start: input is safe to send
-        self._ready = re.compile(re.escape(STATUS_TAG + nonce.encode() + b":ready") + rb"\r?\n")
 
     def feed(self, data: bytes) -> None:
         buf = self._tail + data
-        if self.status is None:
-            match = self._pattern.search(buf)
-            if match is not None:
-                value = int(match.group(2))
-                if match.group(1) == b"exit" and value <= 255:
-                    self.status = GuestStatus(exit=value)
-                elif match.group(1) == b"signal" and 0 < value < 128:
-                    self.status = GuestStatus(signal=value)
+        if self.status is None or not self.ready:
+            self._records(buf)
         if self.panic is None:
             found = _PANIC.search(buf)
             # Only take the panic line once it is complete, for a whole message.
             if found is not None and buf.find(b"\n", found.end()) != -1:
                 self.panic = found.group(0).decode(errors="replace").strip()
-        if not self.ready and self._ready.search(buf):
-            self.ready = True
         if not self.init_started and _INIT_STARTED.search(buf):
             self.init_started = True
         self._tail = buf[-_MAX_SCAN_TAIL:]
+
+    def _records(self, buf: bytes) -> None:
+        """Read every complete record in ``buf``; the guest's parser decides the status."""
+        start = buf.find(self._marker)
+        while start != -1:
+            begin = start + len(self._marker)
+            end = buf.find(b"\n", begin, begin + _MAX_RECORD)
+            if end == -1:
+                start = buf.find(self._marker, begin)
+                continue
+            payload = buf[begin:end].removesuffix(b"\r").decode("ascii", "replace")
+            if payload == contract.READY:
+                self.ready = True
+            elif self.status is None:
+                self.status = contract.parse_status(payload)
+            start = buf.find(self._marker, end)
 
 
 _STAMP = re.compile(rb"\[ *\d+\.\d+\]")
@@ -104,7 +88,7 @@ class ConsoleFilter:
     """
 
     def __init__(self, nonce: str, *, show_kernel: bool = False, crlf: bool = True) -> None:
-        self._marker = STATUS_TAG + nonce.encode() + b":"
+        self._marker = contract.record_marker(nonce)
         self._show_kernel = show_kernel
         self._crlf = crlf
         self._held = b""  # start of the current line, not yet classified

@@ -42,8 +42,8 @@ def default_initrd(kernel: Path, *, files: list[str] | None = None) -> Path:
         log.warning("hostrun: building the initrd for %s (once; cached)", kernel)
         from initbuilder.spec import BuildSpec, build_cached
 
-        built = build_cached(BuildSpec(output=Path("initrd" + SUFFIX), kernel=kernel,
-                                       files=files, busybox="auto"))
+        built = build_cached(BuildSpec(kernel=kernel, files=files, busybox="auto"),
+                             suffix=SUFFIX)
         tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}")
         tmp.write_text(str(built))
         os.replace(tmp, pointer)

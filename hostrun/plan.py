@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from guest import contract
 from hostrun import hostcpu
-from hostrun.action import Action
+from hostrun.action import Action, kernel_cmdline
 from hostrun.session import RunSpec
 from hostrun.virtiofs import choose_daemon
 from hostrun.vmm import CloudHypervisor, Qemu, Vmm, parse_cloud_hypervisor_version
@@ -52,7 +53,7 @@ class Request:
     accel: str | None = None  # None: $HOSTRUN_ACCEL, else auto
     daemon: str = "auto"
     verbose: bool = False
-    fs_tag: str = "tvix"
+    fs_tag: str = contract.DEFAULT_TAG
     initrd_files: list[str] = field(default_factory=list)  # extra host:guest files
     silence_notice: float | None = None  # None: $HOSTRUN_SILENCE_NOTICE, else per accel
     # Exactly the closure of these store paths as /nix/store (store: where they are taken
@@ -68,6 +69,11 @@ def plan(request: Request) -> RunSpec:
     if request.timeout is not None and request.timeout <= 0:
         raise InitkitError(f"--timeout {request.timeout:g}: give a positive number of seconds")
     silence = _silence_notice(request.silence_notice)  # a bad value fails before any work
+    # The action and --cmdline as the guest will read them, before any work (the whole
+    # line, with the VMM's own words, is checked again at boot).
+    kernel_cmdline(defaults=[], nonce="0" * contract.NONCE_LENGTH, verbose=request.verbose,
+                   action=request.action, extra=request.extra_cmdline, echo=False,
+                   tag=request.fs_tag)
     kernel = find_kernel(request.kernel)
     store = request.store.resolve()
     daemon = choose_daemon(request.daemon, store)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from guest import contract
 from hostrun.action import Action, kernel_cmdline, new_nonce
 from hostrun.exitcodes import ExitCode, exit_code_for_host_signal
 from hostrun.procs import child_setup, stop_process
@@ -33,7 +34,8 @@ from hostrun.vmm import BootConfig, Vmm, request_queues
 # relay loop runs after QEMU has started, so their import (~3 ms) overlaps its boot.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from hostrun.console import ConsoleFilter, GuestStatus, StatusScanner
+    from guest.contract import ExitStatus
+    from hostrun.console import ConsoleFilter, StatusScanner
     from hostrun.storeview.view import StoreView
 
 log = logging.getLogger("initkit.hostrun")
@@ -67,7 +69,7 @@ class RunSpec:
     extra_cmdline: str = ""
     timeout: float | None = None
     verbose: bool = False
-    fs_tag: str = "tvix"
+    fs_tag: str = contract.DEFAULT_TAG
     silence_notice: float | None = None  # None: SILENCE_NOTICE for the accelerator
     store_view: StoreView | None = None  # exactly these store paths (--closure), not a dir
 
@@ -77,7 +79,7 @@ class Outcome:
     """How a run ended: the code to exit with, and why."""
 
     code: int
-    status: GuestStatus | None = None
+    status: ExitStatus | None = None
     error: str | None = None  # hostrun's own failure, for stderr
     argv: list[str] = field(default_factory=list)  # the VMM command line
     host_signal: int | None = None  # the signal that stopped hostrun (SIGINT, SIGTERM)
@@ -197,7 +199,8 @@ class _Run:
         cmdline = kernel_cmdline(defaults=spec.vmm.cmdline_defaults(spec.accel),
                                  nonce=self.nonce, verbose=spec.verbose, action=spec.action,
                                  extra=spec.extra_cmdline,
-                                 echo=self.interactive or _no_input(self.stdin))
+                                 echo=self.interactive or _no_input(self.stdin),
+                                 tag=spec.fs_tag)
         config = BootConfig(
             kernel=spec.kernel, initrd=spec.initrd, cmdline=cmdline,
             fs_socket=spec.daemon.socket_path, cpus=spec.cpus, memory_mib=spec.memory_mib,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from guest import contract
 from initbuilder.errors import InitkitError
 
 ACCELS = ("kvm", "tcg")
@@ -41,7 +42,7 @@ class BootConfig:
     fs_socket: Path  # the virtiofs daemon's vhost-user socket
     cpus: int = 1
     memory_mib: int = 512
-    fs_tag: str = "tvix"
+    fs_tag: str = contract.DEFAULT_TAG
     fs_queues: int = 1  # request queues, already limited (see request_queues)
     accel: str = "tcg"  # QEMU only: "kvm" or "tcg"
 

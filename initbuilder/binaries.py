@@ -14,6 +14,7 @@ import os
 import posixpath
 import stat
 
+from guest.contract import DEFAULT_PATH
 from initbuilder.closure import Resolver
 from initbuilder.elf import is_elf
 from initbuilder.errors import InitkitError
@@ -23,7 +24,6 @@ from initbuilder.nixstore import StoreRelocation, rewritten_copy
 
 log = logging.getLogger("initkit.closure")
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_LINK_HOPS = 40
 _MAX_INTERPRETER_DEPTH = 4  # the kernel's limit on nested #! interpreters
 _SHEBANG_MAX = 256

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from guest import contract
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image
 from initbuilder.modinfo import (
@@ -35,7 +36,7 @@ log = logging.getLogger("initkit.modules")
 
 # virtiofs itself, and both transports QEMU and cloud-hypervisor may offer it on.
 DEFAULT_MODULES: tuple[str, ...] = ("virtiofs", "virtio_mmio", "virtio_pci")
-LOAD_LIST = "etc/initkit/modules"
+LOAD_LIST = contract.MODULE_LIST  # what the guest init loads, in order
 _ALIAS_CANDIDATE = re.compile(rb"alias=([^\0]*)\0")
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from guest import contract
 from initbuilder.errors import InitkitError
 from initbuilder.image import Entry, Image, Kind
 from initbuilder.process import run
@@ -59,10 +60,6 @@ def add_files(image: Image, specs: list[str]) -> None:
         log.info("added /%s from %s", rel, host)
 
 
-# Read by the guest init (guest/plan.py APPLET_LIST): applet paths to link at boot.
-APPLET_LIST = "etc/initkit/applets"
-
-
 def find_busybox(path: str | None) -> Path:
     """The busybox to pack: ``path`` as given, else the first on $PATH."""
     if path:
@@ -70,11 +67,17 @@ def find_busybox(path: str | None) -> Path:
         if not found.exists():
             raise InitkitError(f"--busybox {path}: no such file")
         return found
-    which = shutil.which("busybox")
-    if which is None:
+    on_path = busybox_on_path()
+    if on_path is None:
         raise InitkitError("--busybox: no busybox on $PATH; install busybox-static "
                            "(apt-get install busybox-static) or pass --busybox PATH")
-    return Path(which)
+    return on_path
+
+
+def busybox_on_path() -> Path | None:
+    """The first busybox on $PATH, if there is one."""
+    which = shutil.which("busybox")
+    return None if which is None else Path(which)
 
 
 def busybox_applets(busybox: Path) -> list[str]:
@@ -98,10 +101,11 @@ def add_busybox(image: Image, busybox: Path, *, links_at_boot: bool = False) -> 
     busybox's 272 links; the init makes them all in ~4 ms (docs/benchmarks.md).
     Returns the applet paths, linked or listed.
     """
-    image.add_file("bin/busybox", host=busybox, mode=0o755, source=f"--busybox {busybox}")
+    installed = contract.BUSYBOX.lstrip("/")  # where the init links the applets to
+    image.add_file(installed, host=busybox, mode=0o755, source=f"--busybox {busybox}")
     linked = []
     for applet in busybox_applets(busybox):
-        if applet in ("bin/busybox", ""):
+        if applet in (installed, ""):
             continue
         existing = image.get(applet)
         if existing is not None and existing.kind is not Kind.DIR:
@@ -112,12 +116,12 @@ def add_busybox(image: Image, busybox: Path, *, links_at_boot: bool = False) -> 
             if parent:
                 image.add_directory(parent, source="busybox applet", weak=True)
             continue
-        link = Entry(Kind.SYMLINK, 0o777, target="/bin/busybox", source="busybox applet",
+        link = Entry(Kind.SYMLINK, 0o777, target=contract.BUSYBOX, source="busybox applet",
                      weak=True)
         image.add(applet, link)
     if links_at_boot:
         listed = "".join(f"/{applet}\n" for applet in linked if applet != "bin/sh")
-        image.add_file(APPLET_LIST, data=listed.encode(), mode=0o644,
+        image.add_file(contract.APPLET_LIST, data=listed.encode(), mode=0o644,
                        source=f"busybox applets of {busybox}, linked at boot")
     log.info("added busybox from %s with %d applets", busybox, len(linked))
     return linked

@@ -20,9 +20,8 @@ log = logging.getLogger("initkit.build")
 
 @dataclass
 class BuildSpec:
-    """Everything that decides an initrd's bytes."""
+    """Everything that decides an initrd's bytes (where they go is build()'s argument)."""
 
-    output: Path
     files: list[str] = field(default_factory=list)
     # None: no busybox; "auto": the one on $PATH if there is one; "": the one on $PATH
     # (an error if none); anything else: that file.
@@ -38,7 +37,7 @@ class BuildSpec:
     modules: list[str] | None = None  # None: the default virtiofs set
     init: bool = True
     python: Path | None = None
-    compression: str | None = None
+    compression: str | None = None  # None: the one the output's suffix names
     source_date_epoch: int | None = None
 
 
@@ -49,8 +48,8 @@ class BuildResult:
     modules: list[str]
 
 
-class _Phases:
-    """Times each phase of a build; -v prints them."""
+class PhaseTimer:
+    """Times each phase of a build (``with timer("name"): ...``); -v logs them."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
@@ -64,9 +63,11 @@ class _Phases:
         log.info("phase %-9s %7.1f ms", name, took * 1000)
 
 
-def build_image(spec: BuildSpec, phases: _Phases | None = None) -> tuple[Image, list[str]]:
-    """Assemble the Image a spec describes; returns it with the module load list."""
-    timed = phases or _Phases()
+def build_image(spec: BuildSpec,
+                timer: PhaseTimer | None = None) -> tuple[Image, list[str]]:
+    """Assemble the Image a spec describes; returns it with the module load list.
+    ``timer`` gets each phase's time."""
+    timed = timer or PhaseTimer()
     image = Image()
     loaded: list[str] = []
     with timed("skeleton"):
@@ -103,16 +104,17 @@ def build_image(spec: BuildSpec, phases: _Phases | None = None) -> tuple[Image, 
     return image, loaded
 
 
-def build(spec: BuildSpec) -> BuildResult:
-    """Build the initrd a spec describes and write it atomically to ``spec.output``."""
-    phases = _Phases()
-    image, loaded = build_image(spec, phases)
+def build(spec: BuildSpec, output: Path) -> BuildResult:
+    """Build the initrd a spec describes and write it atomically to ``output`` (whose
+    suffix names the compression unless the spec does)."""
+    timer = PhaseTimer()
+    image, loaded = build_image(spec, timer)
     for path, entry in image.items():
         log.debug("  /%s: %s", path, entry.describe())
-    with phases("write"):
-        report = cpio.write_initrd(image, spec.output, compression=spec.compression,
+    with timer("write"):
+        report = cpio.write_initrd(image, output, compression=spec.compression,
                                    mtime=spec.source_date_epoch)
-    return BuildResult(report, phases.timings, loaded)
+    return BuildResult(report, timer.timings, loaded)
 
 
 def fingerprint(image: Image, compression: str, epoch: int) -> str:
@@ -131,15 +133,16 @@ def fingerprint(image: Image, compression: str, epoch: int) -> str:
     return digest.hexdigest()
 
 
-def build_cached(spec: BuildSpec, cache: Path | None = None) -> Path:
-    """Build the initrd ``spec`` describes into the cache (``spec.output`` only names the
-    suffix) and return its path; an identical earlier build is reused. Safe when several
-    processes build at once: each writes a temp file and renames it into place."""
+def build_cached(spec: BuildSpec, *, suffix: str = ".cpio", cache: Path | None = None) -> Path:
+    """Build the initrd ``spec`` describes into the cache, as a file ending in ``suffix``
+    (which names the compression unless the spec does), and return its path; an identical
+    earlier build is reused. Safe when several processes build at once: each writes a
+    temp file and renames it into place."""
     image, _ = build_image(spec)
-    compression = cpio.compression_for(spec.output, spec.compression)
+    compression = cpio.compression_for(f"initrd{suffix}", spec.compression)
     epoch = cpio.source_date_epoch(spec.source_date_epoch)
     directory = cache or cache_dir("initrd")
-    target = directory / f"{fingerprint(image, compression, epoch)[:32]}{spec.output.suffix}"
+    target = directory / f"{fingerprint(image, compression, epoch)[:32]}{suffix}"
     if target.exists():
         log.info("reusing cached initrd %s", target)
         return target
@@ -152,11 +155,10 @@ def _busybox_path(choice: str | None) -> Path | None:
     if choice is None:
         return None
     if choice == "auto":
-        try:
-            return sources.find_busybox(None)
-        except Exception:
+        found = sources.busybox_on_path()
+        if found is None:
             log.info("no busybox on $PATH: the initrd has no shell (pass --busybox PATH)")
-            return None
+        return found
     return sources.find_busybox(choice or None)
 
 

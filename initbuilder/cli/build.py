@@ -66,7 +66,6 @@ def build(output: Path, files: tuple[str, ...], busybox: str, no_busybox: bool,
     """
     setup_logging(verbose)
     spec = BuildSpec(
-        output=output,
         files=list(files),
         busybox=None if no_busybox else busybox,
         bases=list(bases),
@@ -83,7 +82,7 @@ def build(output: Path, files: tuple[str, ...], busybox: str, no_busybox: bool,
         compression=compression,
         source_date_epoch=source_date_epoch,
     )
-    result = run_build(spec)
+    result = run_build(spec, output)
     report = result.report
     click.echo(f"{report.path}: {report.entries} entries, {report.size} bytes "
                f"({report.compression})")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from realparts import missing_part
 
-from hostrun.pytest_plugin import VmRunner
+from hostrun.api import VmRunner
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 60.0  # per boot; a healthy TCG boot takes about 2 s

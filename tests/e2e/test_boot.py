@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from hostrun.pytest_plugin import VmResult, VmRunner
+from hostrun.api import VmResult, VmRunner
 
 if TYPE_CHECKING:
     from conftest import Store  # tests/e2e/conftest.py
@@ -51,6 +51,18 @@ def test_run_pipeline(vm: VmRunner, store: Store) -> None:
     result = vm.sh("ls /nix/store | grep -c . ; echo done", store=store.root)
     assert result.exit_code == 0, result.describe()
     assert result.output.split() == ["4", "done"]
+
+
+def test_awkward_commands_reach_the_guest_exactly(vm: VmRunner, store: Store) -> None:
+    """Through QEMU, the kernel and /proc/cmdline: a newline, runs of blanks, an em
+    space, U+00A0 and U+2020 (each with a byte the kernel counts as a space) and paired
+    double quotes come back byte for byte (the guest's parser decides: hostrun's tests)."""
+    text = "a  b\tc \u2003 \u00a0 \u2020 \u00fc"
+    command = f"printf '%s\\n' '{text}'\nprintf '%s\\n' \"quoted\" | od -An -c"
+    result = vm.sh(command, store=store.root)
+    assert result.exit_code == 0, result.describe()
+    lines = result.output.split("\n")
+    assert lines[0] == text and lines[1].split() == ["q", "u", "o", "t", "e", "d", "\\n"]
 
 
 def test_shell_through_stdin(vm: VmRunner, store: Store) -> None:

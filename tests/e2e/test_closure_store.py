@@ -15,8 +15,8 @@ import pytest
 from nar_writer import directory, nar, regular, write_cache_entry
 from nixbuild import NixOutputs, nix_copy
 
+from hostrun.api import VmRunner
 from hostrun.exitcodes import ExitCode
-from hostrun.pytest_plugin import VmRunner
 from hostrun.storeview import nixbase32
 
 if TYPE_CHECKING:

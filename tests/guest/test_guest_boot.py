@@ -7,11 +7,11 @@ import errno
 import pytest
 from guestfake import FakeSystem, wait_status_exit, wait_status_signal
 
+from guest import contract
 from guest import plan as p
-from guest import protocol
 from guest.__main__ import finish, run
 from guest.boot import Outcome, boot, run_action
-from guest.protocol import ExitStatus
+from guest.contract import ExitStatus
 from guest.system import ShutdownRequested
 
 HELLO = "/nix/store/mdi7lvrn2mx7rfzv3fdq3v5yw8swiks6-hello-2.12.1/bin/hello"
@@ -30,7 +30,7 @@ def mount_targets(fake: FakeSystem) -> list[str]:
 
 
 def test_sequence_devtmpfs_first_modules_then_store_then_action(fake: FakeSystem) -> None:
-    fake.files[p.MODULE_LIST] = "/lib/modules/v/a.ko\n/lib/modules/v/b.ko\n"
+    fake.files[contract.MODULE_LIST] = "/lib/modules/v/a.ko\n/lib/modules/v/b.ko\n"
     fake.waits = [(100, wait_status_exit(0))]
     outcome = booted(fake, f"tvix.exec={HELLO} initkit.nonce={NONCE}")
     names = fake.names()
@@ -46,8 +46,8 @@ def test_sequence_devtmpfs_first_modules_then_store_then_action(fake: FakeSystem
 
 
 def test_applets_are_linked_before_the_modules(fake: FakeSystem) -> None:
-    fake.files[p.MODULE_LIST] = "/lib/modules/v/a.ko\n"
-    fake.files[p.APPLET_LIST] = "/bin/ls\n/sbin/poweroff\n"
+    fake.files[contract.MODULE_LIST] = "/lib/modules/v/a.ko\n"
+    fake.files[contract.APPLET_LIST] = "/bin/ls\n/sbin/poweroff\n"
     fake.waits = [(100, wait_status_exit(0))]
     booted(fake, f"tvix.exec={HELLO}")
     order = [(n, a) for n, a in fake.calls if n in ("link_all", "load_module")]
@@ -56,7 +56,7 @@ def test_applets_are_linked_before_the_modules(fake: FakeSystem) -> None:
 
 
 def test_missing_module_is_reported_with_errno_and_boot_goes_on(fake: FakeSystem) -> None:
-    fake.files[p.MODULE_LIST] = "/lib/modules/v/gone.ko\n/lib/modules/v/b.ko\n"
+    fake.files[contract.MODULE_LIST] = "/lib/modules/v/gone.ko\n/lib/modules/v/b.ko\n"
     fake.module_errors["/lib/modules/v/gone.ko"] = errno.ENOENT
     fake.waits = [(100, wait_status_exit(0))]
     outcome = booted(fake, f"tvix.exec={HELLO}")
@@ -67,7 +67,7 @@ def test_missing_module_is_reported_with_errno_and_boot_goes_on(fake: FakeSystem
 
 
 def test_module_failing_with_a_kernel_errno_is_reported(fake: FakeSystem) -> None:
-    fake.files[p.MODULE_LIST] = "/lib/modules/v/bad.ko\n"
+    fake.files[contract.MODULE_LIST] = "/lib/modules/v/bad.ko\n"
     fake.module_errors["/lib/modules/v/bad.ko"] = errno.ENOEXEC
     fake.waits = [(100, wait_status_exit(0))]
     booted(fake, f"tvix.exec={HELLO}")
@@ -88,7 +88,7 @@ def test_store_mount_failure_stops_with_125_before_the_action(fake: FakeSystem,
                                                               line: str) -> None:
     fake.mount_errors["/nix/store"] = errno.ENODEV
     outcome = booted(fake, line)
-    assert outcome.status == ExitStatus.exited(protocol.INIT_FAILED)
+    assert outcome.status == ExitStatus.exited(contract.INIT_FAILED)
     assert not {"spawn", "walk", "execve"} & set(fake.names())
     message = next(s for s in fake.said if "/nix/store" in s)
     assert "ENODEV" in message and "virtiofs" in message
@@ -103,9 +103,9 @@ def test_store_mount_failure_still_gives_the_shell(fake: FakeSystem) -> None:
 
 
 @pytest.mark.parametrize(("err", "status"), [
-    (errno.ENOENT, protocol.NOT_FOUND), (errno.ENOTDIR, protocol.NOT_FOUND),
-    (errno.EACCES, protocol.NOT_EXECUTABLE), (errno.ENOEXEC, protocol.NOT_EXECUTABLE),
-    (errno.EISDIR, protocol.NOT_EXECUTABLE),
+    (errno.ENOENT, contract.NOT_FOUND), (errno.ENOTDIR, contract.NOT_FOUND),
+    (errno.EACCES, contract.NOT_EXECUTABLE), (errno.ENOEXEC, contract.NOT_EXECUTABLE),
+    (errno.EISDIR, contract.NOT_EXECUTABLE),
 ])
 def test_exec_failures_map_like_a_shell(fake: FakeSystem, err: int, status: int) -> None:
     fake.spawn_errno = err
@@ -118,7 +118,7 @@ def test_existing_file_with_missing_interpreter_is_explained(fake: FakeSystem) -
     fake.spawn_errno = errno.ENOENT
     fake.existing.add(HELLO)
     outcome = booted(fake, f"tvix.exec={HELLO}")
-    assert outcome.status == ExitStatus.exited(protocol.NOT_FOUND)
+    assert outcome.status == ExitStatus.exited(contract.NOT_FOUND)
     assert any("interpreter is missing" in s for s in fake.said)
 
 
@@ -154,7 +154,7 @@ def test_find_lists_the_tree_and_reports_unreadable_parts(fake: FakeSystem) -> N
                  (b"/nix/store/\xff-z", None)]
     outcome = booted(fake, "tvix.find")
     listing = b"/nix/store\n/nix/store/a-x\n/nix/store/\xff-z\n"
-    assert bytes(fake.out) == protocol.ready_record("none") + listing
+    assert bytes(fake.out) == contract.ready_record("none") + listing
     assert outcome.status == ExitStatus.exited(1)
     assert any("b-y" in s and "EACCES" in s for s in fake.said)
 
@@ -166,7 +166,7 @@ def test_find_of_a_readable_tree_is_status_0(fake: FakeSystem) -> None:
 
 def test_no_action_reports_usage_status(fake: FakeSystem) -> None:
     outcome = booted(fake, "quiet")
-    assert outcome.status == ExitStatus.exited(protocol.USAGE)
+    assert outcome.status == ExitStatus.exited(contract.USAGE)
     assert any("no action" in s for s in fake.said)
 
 
@@ -201,7 +201,7 @@ def test_switch_root_moves_the_store_and_mounts_then_execs(fake: FakeSystem) -> 
 
 def test_switch_root_to_a_missing_init_tears_nothing_down(fake: FakeSystem) -> None:
     outcome = booted(fake, "init=/nix/store/typo/init")
-    assert outcome.status == ExitStatus.exited(protocol.NOT_FOUND)
+    assert outcome.status == ExitStatus.exited(contract.NOT_FOUND)
     assert "remove_tree_on_root" not in fake.names()
     assert "/sysroot" not in mount_targets(fake)
 
@@ -210,14 +210,14 @@ def test_switch_root_exec_failure_reports_126(fake: FakeSystem) -> None:
     init = "/nix/store/x/init"
     fake.existing.add(init)
     fake.execve_errno = errno.EACCES
-    assert booted(fake, f"init={init}").status == ExitStatus.exited(protocol.NOT_EXECUTABLE)
+    assert booted(fake, f"init={init}").status == ExitStatus.exited(contract.NOT_EXECUTABLE)
 
 
 def test_switch_root_failing_mount_is_125(fake: FakeSystem) -> None:
     init = "/nix/store/x/init"
     fake.existing.add(init)
     fake.mount_errors["/sysroot"] = errno.ENOMEM
-    assert booted(fake, f"init={init}").status == ExitStatus.exited(protocol.INIT_FAILED)
+    assert booted(fake, f"init={init}").status == ExitStatus.exited(contract.INIT_FAILED)
     assert "remove_tree_on_root" not in fake.names()
 
 
@@ -235,7 +235,7 @@ def test_main_run_turns_any_exception_into_125() -> None:
 
     system, outcome = run(Broken, 1.0)  # type: ignore[arg-type]
     assert system is not None
-    assert outcome.status == ExitStatus.exited(protocol.INIT_FAILED)
+    assert outcome.status == ExitStatus.exited(contract.INIT_FAILED)
 
 
 def test_main_run_keeps_the_nonce_learned_before_a_crash() -> None:

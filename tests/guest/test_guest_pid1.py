@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from realparts import missing_part, unpack_with_cpio
 
-from guest.protocol import ExitStatus, parse_line
+from guest.contract import ExitStatus, parse_line
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image
 from initbuilder.runtime import add_runtime

@@ -6,12 +6,13 @@ from unittest.mock import ANY
 
 import pytest
 
+from guest import contract
 from guest import plan as p
 from guest.cmdline import parse
-from guest.protocol import NO_NONCE, NOT_FOUND, USAGE
+from guest.contract import NO_NONCE, NOT_FOUND, USAGE
 
 ENV = {"HOME": "/", "TERM": "vt220", "LANG": "C"}
-CLEAN_ENV = {"PATH": p.DEFAULT_PATH, "HOME": "/", "TERM": "vt220"}
+CLEAN_ENV = {"PATH": contract.DEFAULT_PATH, "HOME": "/", "TERM": "vt220"}
 HELLO = "/nix/store/mdi7lvrn2mx7rfzv3fdq3v5yw8swiks6-hello-2.12.1/bin/hello"
 
 
@@ -44,8 +45,8 @@ def test_modules_load_in_listed_order_then_the_store() -> None:
 
 def test_no_module_list_means_no_module_steps() -> None:
     assert not any(isinstance(s, p.LoadModule) for s in make("tvix.find").steps)
-    assert p.listed_paths("") == ()
-    assert p.listed_paths(None) == ()
+    assert contract.listed_paths("") == ()
+    assert contract.listed_paths(None) == ()
 
 
 def test_applet_list_is_linked_first_in_one_step() -> None:
@@ -126,14 +127,21 @@ def test_run_goes_through_the_shell() -> None:
     assert plan.action == p.Spawn(("/bin/sh", "-c", "ls -la /nix/store"), CLEAN_ENV, "command")
 
 
+def test_a_value_arrives_exactly_as_written() -> None:
+    """Blanks around it included: the host checks its words by this rule (hostrun/action.py)."""
+    plan = make('tvix.run=" cd /tmp; ls\n"')
+    assert plan.action == p.Spawn(("/bin/sh", "-c", " cd /tmp; ls\n"), CLEAN_ENV, "command")
+
+
 def test_run_without_a_shell_says_so_with_127() -> None:
     action = make("tvix.run=ls", shell=None).action
     assert isinstance(action, p.Fail) and action.status == NOT_FOUND
     assert "shell" in action.message and "--busybox" in action.message
 
 
-def test_run_empty_is_a_usage_error() -> None:
-    action = make("tvix.run=").action
+@pytest.mark.parametrize("line", ["tvix.run=", 'tvix.run=" \t"', 'init="  "'])
+def test_run_or_init_blank_is_a_usage_error(line: str) -> None:
+    action = make(line).action
     assert isinstance(action, p.Fail) and action.status == USAGE
 
 
@@ -167,7 +175,7 @@ def test_priority_is_find_shell_exec_run_init(line: str, kind: type) -> None:
     action = make(line).action
     assert isinstance(action, kind)
     what = {"tvix.shell": "shell", "tvix.exec": "program", "tvix.run": "command"}
-    first = next(k for k in p.ACTION_KEYS if k in line)
+    first = next(k for k in contract.ACTION_KEYS if k in line)
     if isinstance(action, p.Spawn):
         assert action.what == what[first]
 

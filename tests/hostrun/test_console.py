@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hostrun.console import ConsoleFilter, GuestStatus, StatusScanner
+from guest.contract import ExitStatus
+from hostrun.console import ConsoleFilter, StatusScanner
 
 NONCE = "0123456789abcdef"
 RECORD = f"\r\ninitkit-status:{NONCE}:exit=3\r\n".encode()
@@ -99,11 +100,11 @@ def test_userspace_output_ignores_kernel_lines() -> None:
 
 
 @pytest.mark.parametrize(("line", "status"), [
-    (b"initkit-status:%s:exit=0\n", GuestStatus(exit=0)),
-    (b"initkit-status:%s:exit=255\r\n", GuestStatus(exit=255)),
-    (b"initkit-status:%s:signal=9\r\n", GuestStatus(signal=9)),
+    (b"initkit-status:%s:exit=0\n", ExitStatus.exited(0)),
+    (b"initkit-status:%s:exit=255\r\n", ExitStatus.exited(255)),
+    (b"initkit-status:%s:signal=9\r\n", ExitStatus.killed(9)),
 ])
-def test_scanner_reads_status(line: bytes, status: GuestStatus) -> None:
+def test_scanner_reads_status(line: bytes, status: ExitStatus) -> None:
     scanner = StatusScanner(NONCE)
     data = b"out\r\n" + line.replace(b"%s", NONCE.encode())
     for i in range(len(data)):
@@ -111,16 +112,14 @@ def test_scanner_reads_status(line: bytes, status: GuestStatus) -> None:
     assert scanner.status == status
 
 
-def test_status_codes_as_a_shell_reports_them() -> None:
-    assert GuestStatus(exit=3).code == 3
-    assert GuestStatus(signal=9).code == 137
-
-
 @pytest.mark.parametrize("line", [
     b"initkit-status:ffffffffffffffff:exit=0\n",  # another run's nonce
     b"initkit-status:%s:exit=256\n",
     b"initkit-status:%s:exit=1",  # not finished
     b"initkit-status:%s:exited=0\n",
+    b"initkit-status:%s:signal=0\n",  # no signal has the number 0
+    b"initkit-status:%s:signal=128\n",  # nor above 127: waitpid cannot report it
+    b"initkit-status:%s:exit=1 trailing\n",
 ])
 def test_scanner_rejects_malformed_or_foreign(line: bytes) -> None:
     scanner = StatusScanner(NONCE)
@@ -147,7 +146,7 @@ def test_scanner_sees_the_ready_record_and_the_filter_hides_it() -> None:
     rest = f"dy\r\nHello\r\n\ninitkit-status:{NONCE}:exit=0\r\n".encode()
     scanner.feed(rest)
     out += shown.feed(rest) + shown.flush(final=True)
-    assert scanner.ready and scanner.status == GuestStatus(exit=0)
+    assert scanner.ready and scanner.status == ExitStatus.exited(0)
     assert out == b"Hello\r\n"
 
 

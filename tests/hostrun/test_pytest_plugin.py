@@ -7,10 +7,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
-from hostrun.pytest_plugin import VmRunner
-
 
 def test_plugin_is_registered_as_entry_point() -> None:
     from importlib.metadata import entry_points
@@ -47,11 +43,3 @@ def test_plugin_import_is_cheap() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "['hostrun.pytest_plugin']"
-
-
-def test_run_wants_exactly_one_action(tmp_path: Path) -> None:
-    runner = VmRunner()
-    with pytest.raises(ValueError):
-        runner.run(store=tmp_path)
-    with pytest.raises(ValueError):
-        runner.run(store=tmp_path, find=True, run="true")

@@ -172,8 +172,9 @@ def test_help_teaches() -> None:
 def test_applets_linked_at_boot_are_listed_not_archived() -> None:
     """With initkit's init, only /bin/sh is an archive entry; the other applets are
     listed for the init, minus paths the image already has (they win, as links would)."""
+    from guest.contract import APPLET_LIST
     from initbuilder.image import Image, Kind
-    from initbuilder.sources import APPLET_LIST, add_busybox, add_skeleton
+    from initbuilder.sources import add_busybox, add_skeleton
 
     bb = busybox()
     image = Image()

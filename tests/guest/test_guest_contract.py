@@ -1,4 +1,4 @@
-"""guest.protocol: the status record and its parser, against real wait statuses."""
+"""guest.contract: the status record and its parser, against real wait statuses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from guest.protocol import ExitStatus, parse_line, record, valid_nonce
+from guest.contract import ExitStatus, parse_line, record, valid_nonce
 
 NONCE = "0123456789abcdef"
 
@@ -60,12 +60,22 @@ def test_nonce_validation() -> None:
         assert not valid_nonce(bad)
 
 
-def test_status_bounds() -> None:
+@pytest.mark.parametrize(("kind", "number"), [
+    ("exit", 256), ("exit", -1), ("signal", 0), ("signal", 128), ("stopped", 1),
+])
+def test_status_bounds(kind: str, number: int) -> None:
+    """What waitpid cannot report is no status: a host reading it gets None."""
     with pytest.raises(ValueError):
-        ExitStatus.exited(256)
-    with pytest.raises(ValueError):
-        ExitStatus("stopped", 1)
-    assert ExitStatus.exited(0).success and not ExitStatus.killed(0).success
+        ExitStatus(kind, number)
+    assert parse_line(f"initkit-status:{NONCE}:{kind}={number}", NONCE) is None
+
+
+def test_status_as_a_shell_reports_it() -> None:
+    assert ExitStatus.exited(0).success and not ExitStatus.killed(1).success
+    exited, killed = ExitStatus.exited(3), ExitStatus.killed(9)
+    assert (exited.exit, exited.signal, exited.code) == (3, None, 3)
+    assert (killed.exit, killed.signal, killed.code) == (None, 9, 137)
+    assert ExitStatus.exited(255).code == 255 and ExitStatus.killed(127).code == 255
 
 
 def test_not_pid_1_refuses_before_touching_anything() -> None:
