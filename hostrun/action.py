@@ -6,7 +6,7 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 KINDS = ("find", "shell", "exec", "run", "init")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from hostrun.action import Action
-from initbuilder.cli.framework import Command, setup_logging
-from initbuilder.errors import InitkitError
+from initkit.cli import Command, setup_logging
+from initkit.errors import InitkitError
 
 # The seed runVM's environment variables; the matching flags win over them.
 ENV_CPUS = "CH_NUM_CPUS"

@@ -131,7 +131,7 @@ def _boot_id() -> str | None:
 def _remembered(boot_id: str | None, measure: Callable[[], int | None]) -> int | None:
     if boot_id is None:
         return measure()
-    from initbuilder.cache import cache_dir
+    from initkit.cache import cache_dir
 
     note = cache_dir("hostrun") / f"tsc-khz-{boot_id}"
     try:
@@ -197,7 +197,7 @@ def _probe_kvm(qemu: str, vmlinux: str) -> bool:
 def _remembered_flag(name: str, probe: Callable[[], bool]) -> bool:
     if "None" in name:
         return probe()
-    from initbuilder.cache import cache_dir
+    from initkit.cache import cache_dir
 
     note = cache_dir("hostrun") / name
     with contextlib.suppress(OSError):

@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from initbuilder.cache import cache_dir
+from initkit.cache import cache_dir
 
 log = logging.getLogger("initkit.hostrun")
 

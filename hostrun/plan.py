@@ -17,8 +17,8 @@ from hostrun.action import Action
 from hostrun.session import RunSpec
 from hostrun.virtiofs import choose_daemon
 from hostrun.vmm import CloudHypervisor, Qemu, Vmm, parse_cloud_hypervisor_version
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError
+from initkit.cache import cache_dir
+from initkit.errors import InitkitError
 
 if TYPE_CHECKING:
     from hostrun.storeview.view import StoreView
@@ -228,7 +228,7 @@ def _cloud_hypervisor(accel: str) -> CloudHypervisor:
     if hostcpu.hypervisor_device() is None:
         raise InitkitError("cloud-hypervisor needs /dev/kvm (or /dev/mshv) and neither "
                            "opens on this machine; use --vmm qemu, which can emulate (TCG)")
-    from initbuilder import process
+    from initkit import process
 
     out = process.run([binary, "--version"], check=False, timeout=10).stdout
     return CloudHypervisor(binary, parse_cloud_hypervisor_version(out.decode(errors="replace")))

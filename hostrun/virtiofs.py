@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from hostrun.procs import child_setup, stop_process
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 if TYPE_CHECKING:
     from hostrun.storeview.mounts import ViewMounts
@@ -255,7 +255,7 @@ def sandbox_mode(binary: str, help_text: str) -> str | None:
         return None
     if os.geteuid() != 0:
         return "none"  # namespace and chroot need root (or a user namespace set up for it)
-    from initbuilder.cache import cache_dir
+    from initkit.cache import cache_dir
 
     note = cache_dir("hostrun", "sandbox") / _identity_key(binary, _boot_id())
     with contextlib.suppress(OSError):
@@ -421,7 +421,7 @@ def classify_virtiofsd(binary: str, store: Path) -> VirtiofsDaemon | None:
 
 
 def _help_text(binary: str) -> str | None:
-    from initbuilder.cache import cache_dir
+    from initkit.cache import cache_dir
 
     try:
         key = _identity_key(binary)

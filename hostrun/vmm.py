@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 ACCELS = ("kvm", "tcg")
 # The CPU model under TCG. "max" offers RDRAND, so the guest kernel's random pool is

@@ -20,8 +20,8 @@ from pathlib import Path
 import libarchive
 from libarchive import ffi
 
-from initbuilder.errors import InitkitError
 from initbuilder.image import Entry, Image, Kind
+from initkit.errors import InitkitError
 
 log = logging.getLogger("initkit.cpio")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from initbuilder import decompress, elf
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError, reading
+from initkit.cache import cache_dir
+from initkit.errors import InitkitError, reading
 
 log = logging.getLogger("initkit.kernel")
 

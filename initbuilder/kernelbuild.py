@@ -27,8 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import kernelconfig, process
-from initbuilder.cache import cache_dir
+from initbuilder import kernelconfig
 from initbuilder.kernelprogress import BuildProgress
 from initbuilder.kernelsource import (
     KernelSource,
@@ -37,6 +36,8 @@ from initbuilder.kernelsource import (
     installed_debian_source,
     source_ident,
 )
+from initkit import process
+from initkit.cache import cache_dir
 
 log = logging.getLogger("initkit.kernelbuild")
 

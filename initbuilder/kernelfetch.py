@@ -22,9 +22,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import process
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError
+from initkit import process
+from initkit.cache import cache_dir
+from initkit.errors import InitkitError
 
 log = logging.getLogger("initkit.kernelfetch")
 

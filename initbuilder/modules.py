@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from initbuilder.errors import InitkitError
 from initbuilder.image import Image
 from initbuilder.modinfo import (
     ModInfo,
@@ -30,6 +29,7 @@ from initbuilder.modinfo import (
     read_module_bytes,
     split_module_filename,
 )
+from initkit.errors import InitkitError
 
 log = logging.getLogger("initkit.modules")
 

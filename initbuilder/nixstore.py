@@ -19,8 +19,8 @@ import posixpath
 import re
 from pathlib import Path
 
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError
+from initkit.cache import cache_dir
+from initkit.errors import InitkitError
 
 NIX_STORE = "/nix/store"
 PRIVATE_STORE = "/usr/lib/initkit/store"

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from initbuilder.cache import cache_dir
 from initbuilder.closure import Resolver
 from initbuilder.elf import is_elf_file
-from initbuilder.errors import InitkitError
 from initbuilder.image import Image
-from initbuilder.process import run
+from initkit.cache import cache_dir
+from initkit.errors import InitkitError
+from initkit.process import run
 
 log = logging.getLogger("initkit.runtime")
 

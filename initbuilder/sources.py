@@ -7,9 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
-from initbuilder.errors import InitkitError
 from initbuilder.image import Entry, Image, Kind
-from initbuilder.process import run
+from initkit.errors import InitkitError
+from initkit.process import run
 
 log = logging.getLogger("initkit.sources")
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from initbuilder import cpio, reader, sources
-from initbuilder.cache import cache_dir
 from initbuilder.image import Image
+from initkit.cache import cache_dir
 
 log = logging.getLogger("initkit.build")
 

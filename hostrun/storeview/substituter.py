@@ -28,8 +28,8 @@ from hostrun.storeview import nixbase32
 from hostrun.storeview.compressed import DecompressingReader
 from hostrun.storeview.nar import make_removable, unpack_nar
 from hostrun.storeview.narinfo import MAX_NARINFO_BYTES, NarInfo, parse_narinfo
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError, reading
+from initkit.cache import cache_dir
+from initkit.errors import InitkitError, reading
 
 HASH_READ = 1 << 20
 

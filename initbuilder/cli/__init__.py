@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from initbuilder import __version__
-from initbuilder.cli.framework import LazyGroup
+from initkit.cli import LazyGroup
 
 _COMMANDS = {
     "build": "initbuilder.cli.build:build",

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from initbuilder.cli.framework import Command, Group, setup_logging
+from initkit.cli import Command, Group, setup_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
 

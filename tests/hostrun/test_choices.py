@@ -19,7 +19,7 @@ from hostrun.action import (
 )
 from hostrun.exitcodes import ExitCode, exit_code_for_host_signal
 from hostrun.vmm import CloudHypervisor, Qemu
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 
 @pytest.mark.parametrize(("action", "word"), [

@@ -16,7 +16,7 @@ from test_nar import tree_listing
 from hostrun.storeview import nixbase32
 from hostrun.storeview.closure import resolve_closure
 from hostrun.storeview.substituter import FileBinaryCache
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 EMPTY_STORE = "empty-store"
 

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 log = logging.getLogger("initkit.process")
 

@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+USER_ERROR_EXIT = 2  # the exit status of front ends for an InitkitError
+
 
 class InitkitError(Exception):
     """A mistake in the user's input or environment.

@@ -9,9 +9,7 @@ from typing import Any
 
 import click
 
-from initbuilder.errors import InitkitError
-
-USER_ERROR_EXIT = 2
+from initkit.errors import USER_ERROR_EXIT, InitkitError
 
 
 class _ReportsUserErrors:
