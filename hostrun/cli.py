@@ -22,6 +22,7 @@ ENV_CMDLINE = "CH_CMDLINE"
 _EPILOG = """\b
 Exit status: the guest program's (a signal N as 128+N), else
   2 usage or input error, nothing started     121 virtiofs daemon failed
+  120 the machine ran short (disk full, quota, open files, I/O error)
   122 VMM failed                              123 guest gave no status
   124 --timeout expired    130 Ctrl-C    143 SIGTERM
 \b

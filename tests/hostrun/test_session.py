@@ -149,7 +149,7 @@ def test_vmm_error_exit(spec_for, private_tmp: Path) -> None:
 def test_vmm_that_cannot_start(spec_for, private_tmp: Path) -> None:
     outcome, _ = collect(spec_for("exit:0", binary="/nonexistent/qemu"))
     assert outcome.code == ExitCode.VMM_FAILED
-    assert outcome.error is not None and "cannot start fake-vmm" in outcome.error
+    assert outcome.error is not None and "cannot run fake-vmm" in outcome.error
     assert os.listdir(private_tmp) == []
 
 
