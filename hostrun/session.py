@@ -26,7 +26,7 @@ from hostrun.exitcodes import ExitCode, exit_code_for_host_signal
 from hostrun.procs import child_setup, stop_process
 from hostrun.virtiofs import DaemonFailed, VirtiofsDaemon
 from hostrun.vmm import BootConfig, Vmm, request_queues
-from hostrun.workdir import private_dir
+from hostrun.workdir import private_dir, reap_abandoned
 from initkit import process
 from initkit.errors import InitkitError, writing
 from initkit.files import TMPDIR_ELSEWHERE, remove_tree
@@ -139,6 +139,7 @@ class _Run:
         self.argv: list[str] = []
         self.got_output = False  # any byte at all on the console
         self.userspace_output = False  # a byte that is no kernel message
+        self.reaped = False  # abandoned private dirs looked for (once a run)
 
     # -- the whole run --------------------------------------------------------------
     def run(self) -> Outcome:
@@ -222,6 +223,10 @@ class _Run:
             return Outcome(ExitCode.VMM_FAILED, argv=argv, error=str(exc))
         finally:
             errfile.close()
+        if not self.reaped:  # while the guest boots: left by hostruns killed with SIGKILL
+            self.reaped = True
+            for stale in reap_abandoned(str(workdir.parent)):
+                log.info("hostrun: removed %s, left by a hostrun that was killed", stale)
         outcome = self._supervise(wakeup)
         outcome.argv = argv
         if outcome.error is None and outcome.status is None:
