@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from guest import contract
 from guest.cmdline import Param, parse, words
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 _KEYS = {"find": contract.FIND_KEY, "shell": contract.SHELL_KEY, "exec": contract.EXEC_KEY,
          "run": contract.RUN_KEY, "init": contract.INIT_KEY}

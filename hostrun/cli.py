@@ -12,8 +12,8 @@ import click
 
 from guest import contract
 from hostrun.action import Action, action_key, chosen_actions, without_actions
-from initbuilder.cli.framework import Command, setup_logging
-from initbuilder.errors import InitkitError
+from initkit.cli import Command, setup_logging
+from initkit.errors import InitkitError
 
 # The seed runVM's environment variables; the matching flags win over them.
 ENV_CPUS = "CH_NUM_CPUS"
@@ -23,6 +23,7 @@ ENV_CMDLINE = "CH_CMDLINE"
 _EPILOG = """\b
 Exit status: the guest program's (a signal N as 128+N), else
   2 usage or input error, nothing started     121 virtiofs daemon failed
+  120 the machine ran short (disk full, quota, open files, I/O error)
   122 VMM failed                              123 guest gave no status
   124 --timeout expired    130 Ctrl-C    143 SIGTERM
 \b

@@ -5,13 +5,17 @@ from __future__ import annotations
 import enum
 import signal
 
+from initkit.errors import ENVIRONMENT_EXIT, USER_ERROR_EXIT
+
 
 class ExitCode(enum.IntEnum):
     """Codes hostrun uses for its own outcomes (a guest program may use them too;
     the one-line message on stderr tells which it was)."""
 
-    # Same as initbuilder.cli.framework.USER_ERROR_EXIT (not imported: it pulls in click).
-    USER_ERROR = 2  # bad flag, missing kernel or store: nothing was started
+    USER_ERROR = USER_ERROR_EXIT  # bad flag, missing kernel or store: nothing was started
+    # The machine ran short (no space left, too many open files, an I/O error) while
+    # hostrun made its files: the same command works once that is fixed.
+    ENVIRONMENT = ENVIRONMENT_EXIT
     DAEMON_FAILED = 121  # the virtiofs daemon did not start or died during the run
     VMM_FAILED = 122  # the VMM could not start or exited with an error
     NO_STATUS = 123  # the guest gave no status line: kernel panic, init crash, power-off

@@ -131,7 +131,8 @@ def _boot_id() -> str | None:
 def _remembered(boot_id: str | None, measure: Callable[[], int | None]) -> int | None:
     if boot_id is None:
         return measure()
-    from initbuilder.cache import cache_dir
+    from initkit.cache import cache_dir
+    from initkit.files import remember
 
     note = cache_dir("hostrun") / f"tsc-khz-{boot_id}"
     try:
@@ -140,9 +141,7 @@ def _remembered(boot_id: str | None, measure: Callable[[], int | None]) -> int |
         pass
     khz = measure()
     if khz:
-        tmp = note.with_name(f".{note.name}.{os.getpid()}")
-        tmp.write_text(str(khz))
-        os.replace(tmp, note)
+        remember(note, str(khz))
     return khz
 
 
@@ -175,15 +174,17 @@ def _probe_kvm(qemu: str, vmlinux: str) -> bool:
     import subprocess
 
     from hostrun.procs import child_setup, stop_process
+    from initkit import process
+    from initkit.errors import InitkitError
 
     argv = [qemu, "-M", "microvm,accel=kvm", "-m", "128M", "-nodefaults",
             "-no-user-config", "-display", "none", "-no-reboot", "-kernel", vmlinux,
             "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1", "-serial", "stdio"]
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=child_setup())
-    except OSError:
+        proc = process.start(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, new_session=True,
+                             preexec_fn=child_setup())
+    except InitkitError:
         return False
     try:
         assert proc.stdout is not None
@@ -197,13 +198,12 @@ def _probe_kvm(qemu: str, vmlinux: str) -> bool:
 def _remembered_flag(name: str, probe: Callable[[], bool]) -> bool:
     if "None" in name:
         return probe()
-    from initbuilder.cache import cache_dir
+    from initkit.cache import cache_dir
+    from initkit.files import remember
 
     note = cache_dir("hostrun") / name
     with contextlib.suppress(OSError):
         return note.read_text().strip() == "yes"
     result = probe()
-    tmp = note.with_name(f".{note.name}.{os.getpid()}")
-    tmp.write_text("yes" if result else "no")
-    os.replace(tmp, note)
+    remember(note, "yes" if result else "no")
     return result

@@ -2,7 +2,7 @@
 
 Building one walks the module tree and the Python runtime, so hostrun first looks up a
 cheap key (the kernel file, the extra files, initkit's own sources, the host's Python
-and busybox, by path, size and mtime) in an index; only a miss runs the build, under a
+and busybox, by file identity) in an index; only a miss runs the build, under a
 lock so that two hostruns starting at once build it once. The index entry is written
 atomically and points into initbuilder's own content-addressed initrd cache.
 """
@@ -17,7 +17,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from initbuilder.cache import cache_dir
+from initkit.cache import CACHE_ELSEWHERE, cache_dir
+from initkit.errors import writing
+from initkit.files import identity_or_missing, remember
 
 log = logging.getLogger("initkit.hostrun")
 
@@ -34,7 +36,9 @@ def default_initrd(kernel: Path, *, files: list[str] | None = None) -> Path:
     found = _follow(pointer)
     if found is not None:
         return found
-    with open(index / f"{key}.lock", "w") as lock:
+    with writing(index / f"{key}.lock", "make the lock file", instead=CACHE_ELSEWHERE):
+        lock = open(index / f"{key}.lock", "w")  # noqa: SIM115 - closed below
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent hostrun may be building it now
         found = _follow(pointer)
         if found is not None:
@@ -44,9 +48,7 @@ def default_initrd(kernel: Path, *, files: list[str] | None = None) -> Path:
 
         built = build_cached(BuildSpec(kernel=kernel, files=files, busybox="auto"),
                              suffix=SUFFIX)
-        tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}")
-        tmp.write_text(str(built))
-        os.replace(tmp, pointer)
+        remember(pointer, str(built))
         return built
 
 
@@ -65,12 +67,7 @@ def _input_key(kernel: Path, files: list[str]) -> str:
         if path is None:
             digest.update(b"-\0")
             return
-        try:
-            st = os.stat(path)
-        except OSError:
-            digest.update(f"{path}:missing\0".encode())
-            return
-        digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}\0".encode())
+        digest.update(identity_or_missing(path).encode() + b"\0")
 
     add_stat(kernel.resolve())
     for spec in files:

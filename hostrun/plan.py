@@ -18,8 +18,9 @@ from hostrun.action import Action, kernel_cmdline
 from hostrun.session import RunSpec
 from hostrun.virtiofs import choose_daemon
 from hostrun.vmm import CloudHypervisor, Qemu, Vmm, parse_cloud_hypervisor_version
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError
+from initkit.cache import cache_dir
+from initkit.errors import InitkitError
+from initkit.files import identity, remember
 
 if TYPE_CHECKING:
     from hostrun.storeview.view import StoreView
@@ -157,9 +158,8 @@ def kernel_for(vmm: Vmm, kernel: Path) -> Path:
     if is_bzimage and vmm.accepts_bzimage():
         return kernel
     # extract_vmlinux hashes the whole image to find its cache entry; a note keyed by the
-    # file's identity (path, size, mtime, inode) skips that and the ELF imports.
-    st = kernel.stat()
-    key = hashlib.sha256(f"{kernel}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode())
+    # file's identity (path, size, mtime, inode, device) skips that and the ELF imports.
+    key = hashlib.sha256(identity(kernel).encode())
     note = cache_dir("hostrun", "vmlinux") / key.hexdigest()[:32]
     with contextlib.suppress(OSError):
         known = Path(note.read_text())
@@ -168,9 +168,7 @@ def kernel_for(vmm: Vmm, kernel: Path) -> Path:
     from initbuilder.kernel import extract_vmlinux
 
     vmlinux = extract_vmlinux(kernel)
-    tmp = note.with_name(f".{note.name}.{os.getpid()}")
-    tmp.write_text(str(vmlinux))
-    os.replace(tmp, note)
+    remember(note, str(vmlinux))
     return vmlinux
 
 
@@ -234,7 +232,7 @@ def _cloud_hypervisor(accel: str) -> CloudHypervisor:
     if hostcpu.hypervisor_device() is None:
         raise InitkitError("cloud-hypervisor needs /dev/kvm (or /dev/mshv) and neither "
                            "opens on this machine; use --vmm qemu, which can emulate (TCG)")
-    from initbuilder import process
+    from initkit import process
 
     out = process.run([binary, "--version"], check=False, timeout=10).stdout
     return CloudHypervisor(binary, parse_cloud_hypervisor_version(out.decode(errors="replace")))

@@ -12,11 +12,9 @@ import logging
 import os
 import selectors
 import shlex
-import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +27,10 @@ from hostrun.exitcodes import ExitCode, exit_code_for_host_signal
 from hostrun.procs import child_setup, stop_process
 from hostrun.virtiofs import DaemonFailed, VirtiofsDaemon
 from hostrun.vmm import BootConfig, Vmm, request_queues
+from hostrun.workdir import private_dir, reap_abandoned
+from initkit import process
+from initkit.errors import InitkitError, writing
+from initkit.files import TMPDIR_ELSEWHERE, remove_tree
 
 # The console, relay and terminal modules are imported where they are first needed: the
 # relay loop runs after QEMU has started, so their import (~3 ms) overlaps its boot.
@@ -139,10 +141,11 @@ class _Run:
         self.argv: list[str] = []
         self.got_output = False  # any byte at all on the console
         self.userspace_output = False  # a byte that is no kernel message
+        self.reaped = False  # abandoned private dirs looked for (once a run)
 
     # -- the whole run --------------------------------------------------------------
     def run(self) -> Outcome:
-        workdir = _private_dir()
+        workdir = private_dir()
         try:
             with _host_signals(self.signals) as wakeup, contextlib.ExitStack() as stack:
                 if self.interactive and isinstance(self.stdin, int):
@@ -154,14 +157,16 @@ class _Run:
                 finally:
                     self._teardown()
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_tree(workdir)
 
     def _run(self, workdir: Path, wakeup: int | None) -> Outcome:
         spec = self.spec
         if spec.store_view is not None:  # the view lives and goes with the private dir
             from hostrun.storeview.view import build_view  # only --closure runs pay for it
 
-            view = build_view(spec.store_view, workdir / "store")
+            with writing(workdir / "store", "make the store view",
+                         instead=TMPDIR_ELSEWHERE):
+                view = build_view(spec.store_view, workdir / "store")
             spec.daemon.serve_view(view.root, view.mounts)
         for retry in range(EARLY_DEATH_RETRIES + 1):
             outcome = self._boot(workdir, wakeup)
@@ -211,15 +216,20 @@ class _Run:
         argv = self.argv = spec.vmm.argv(config)
         log.info("booting: %s", shlex.join(argv))
         vmm_log = workdir / "vmm.log"
+        with writing(vmm_log, f"make the log of {spec.vmm.name}", instead=TMPDIR_ELSEWHERE):
+            errfile = open(vmm_log, "wb")  # noqa: SIM115 - closed below, once QEMU has it
         try:
-            with open(vmm_log, "wb") as errfile:
-                self.vmm_proc = subprocess.Popen(
-                    argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errfile,
-                    start_new_session=True, preexec_fn=child_setup(),
-                )
-        except OSError as exc:
-            return Outcome(ExitCode.VMM_FAILED, argv=argv,
-                           error=f"cannot start {spec.vmm.name} ({argv[0]}): {exc.strerror}")
+            self.vmm_proc = process.start(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errfile,
+                new_session=True, preexec_fn=child_setup(), what=spec.vmm.name)
+        except InitkitError as exc:
+            return Outcome(ExitCode.VMM_FAILED, argv=argv, error=str(exc))
+        finally:
+            errfile.close()
+        if not self.reaped:  # while the guest boots: left by hostruns killed with SIGKILL
+            self.reaped = True
+            for stale in reap_abandoned(str(workdir.parent)):
+                log.info("hostrun: removed %s, left by a hostrun that was killed", stale)
         outcome = self._supervise(wakeup)
         outcome.argv = argv
         if outcome.error is None and outcome.status is None:
@@ -449,15 +459,6 @@ def _tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _private_dir() -> Path:
-    """A fresh 0700 directory for the socket and logs; short enough for a socket path."""
-    base = tempfile.gettempdir()
-    # sun_path holds 107 bytes and a NUL: fall back to /tmp for a longer $TMPDIR.
-    if len(os.fsencode(base)) + len("/hostrun-12345678/virtiofs.sock") > 107:
-        base = "/tmp"
-    return Path(tempfile.mkdtemp(prefix="hostrun-", dir=base))
 
 
 @contextlib.contextmanager

@@ -17,14 +17,15 @@ import shlex
 import signal
 import socket
 import subprocess
-import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from hostrun.procs import child_setup, stop_process
-from initbuilder.errors import InitkitError
+from initkit import process
+from initkit.errors import InitkitError, writing
+from initkit.files import TMPDIR_ELSEWHERE, identity, private_scratch, remember
 
 if TYPE_CHECKING:
     from hostrun.storeview.mounts import ViewMounts
@@ -89,30 +90,34 @@ class VirtiofsDaemon(ABC):
         listener: socket.socket | None = None
         if self.passes_fd():
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(str(self.socket_path))
-            listener.listen(1)
+            try:
+                with writing(self.socket_path, "make the virtiofs socket",
+                             instead=TMPDIR_ELSEWHERE):
+                    listener.bind(str(self.socket_path))
+                    listener.listen(1)
+            except BaseException:
+                listener.close()
+                raise
         fd = listener.fileno() if listener else None
         argv = self.argv(self.socket_path, fd)
-        log.debug("virtiofs daemon: %s", shlex.join(argv))
         try:
-            with open(self.log_path, "wb") as logfile:
-                self.process = subprocess.Popen(
+            with writing(self.log_path, "make the virtiofs daemon's log",
+                         instead=TMPDIR_ELSEWHERE):
+                logfile = open(self.log_path, "wb")  # noqa: SIM115 - closed below
+            with logfile:
+                self.process = process.start(
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=logfile,
                     stderr=subprocess.STDOUT,
                     pass_fds=(fd,) if fd is not None else (),
                     env=self.env(),
-                    start_new_session=True,  # ^C on the terminal is hostrun's to handle
+                    new_session=True,  # ^C on the terminal is hostrun's to handle
                     preexec_fn=child_setup(
                         readonly=self.store if self.readonly_view() and not self.view else None,
                         view=self.view),
+                    what="virtiofs daemon", hint="install it or choose another with --daemon",
                 )
-        except FileNotFoundError:
-            raise InitkitError(f"virtiofs daemon {argv[0]!r} not found; install it or "
-                               "choose another with --daemon") from None
-        except PermissionError:
-            raise InitkitError(f"virtiofs daemon {argv[0]!r} is not executable") from None
         except subprocess.SubprocessError as exc:
             raise DaemonFailed(self._failure(f"could not be started ({exc})")) from None
         finally:
@@ -255,7 +260,7 @@ def sandbox_mode(binary: str, help_text: str) -> str | None:
         return None
     if os.geteuid() != 0:
         return "none"  # namespace and chroot need root (or a user namespace set up for it)
-    from initbuilder.cache import cache_dir
+    from initkit.cache import cache_dir
 
     note = cache_dir("hostrun", "sandbox") / _identity_key(binary, _boot_id())
     with contextlib.suppress(OSError):
@@ -274,29 +279,26 @@ def sandbox_mode(binary: str, help_text: str) -> str | None:
         log.info("virtiofsd cannot enter its %s sandbox here (%s); trying the next", mode, why)
     log.info("virtiofsd sandbox: %s (decided once for this machine; remembered in %s)",
              chosen, note)
-    _write_note(note, chosen + "\n" + "".join(f"# {f}\n" for f in failures))
+    remember(note, chosen + "\n" + "".join(f"# {f}\n" for f in failures))
     return chosen
 
 
 def probe_sandbox(binary: str, mode: str, *, readonly: bool = False) -> tuple[bool, str]:
     """Start ``binary`` on a scratch socket and directory with ``--sandbox=mode``:
     (True, "") once it waits for a connection, else (False, what it said)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="hostrun-sandbox-") as tmp:
+    with private_scratch("hostrun-sandbox-") as tmp:
         shared = Path(tmp, "shared")
         shared.mkdir()
         argv = [binary, f"--socket-path={tmp}/probe.sock", f"--shared-dir={shared}",
                 f"--sandbox={mode}", "--log-level=info"]
         if readonly:
             argv.append("--readonly")
-        log.debug("virtiofsd sandbox probe: %s", shlex.join(argv))
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=child_setup())
-        except OSError as exc:
-            return False, exc.strerror or str(exc)
+            proc = process.start(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, new_session=True,
+                                 preexec_fn=child_setup())
+        except InitkitError as exc:
+            return False, str(exc)
         assert proc.stdout is not None
         output = b""
         try:
@@ -341,20 +343,9 @@ def _boot_id() -> str:
 
 
 def _identity_key(binary: str, *extra: str) -> str:
-    """A cache key for what a note says about one binary file (path, size, mtime, inode)."""
-    st = os.stat(binary)
-    return hashlib.sha256(f"{os.path.abspath(binary)}:{st.st_size}:{st.st_mtime_ns}:"
-                          f"{st.st_ino}:{':'.join(extra)}".encode()).hexdigest()[:32]
-
-
-def _write_note(note: Path, text: str) -> None:
-    tmp = note.with_name(f".{note.name}.{os.getpid()}.{threading.get_ident()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, note)
-    except OSError as exc:  # only a lost memo: the next run decides again
-        log.debug("cannot remember %s: %s", note, exc)
-        tmp.unlink(missing_ok=True)
+    """A cache key for what a note says about one binary file (its identity)."""
+    return hashlib.sha256(f"{identity(os.path.abspath(binary))}:{':'.join(extra)}"
+                          .encode()).hexdigest()[:32]
 
 
 class TvixStore(VirtiofsDaemon):
@@ -421,7 +412,7 @@ def classify_virtiofsd(binary: str, store: Path) -> VirtiofsDaemon | None:
 
 
 def _help_text(binary: str) -> str | None:
-    from initbuilder.cache import cache_dir
+    from initkit.cache import cache_dir
 
     try:
         key = _identity_key(binary)
@@ -431,12 +422,11 @@ def _help_text(binary: str) -> str | None:
     with contextlib.suppress(OSError):
         return note.read_text()
     try:
-        proc = subprocess.run([binary, "--help"], capture_output=True, timeout=10,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        proc = process.run([binary, "--help"], timeout=10, check=False)
+    except InitkitError:
         return None
     text = (proc.stdout + proc.stderr).decode(errors="replace")
-    _write_note(note, text)
+    remember(note, text)
     return text
 
 

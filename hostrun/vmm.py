@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from guest import contract
-from initbuilder.errors import InitkitError
+from initkit import process
+from initkit.errors import InitkitError
 
 ACCELS = ("kvm", "tcg")
 # The CPU model under TCG. "max" offers RDRAND, so the guest kernel's random pool is
@@ -95,9 +95,8 @@ class Vmm(ABC):
         """The VMM and its version, for messages about a failed boot (asks the binary;
         only failures pay for it)."""
         try:
-            proc = subprocess.run([self.binary, "--version"], capture_output=True,
-                                  timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired):
+            proc = process.run([self.binary, "--version"], timeout=10, check=False)
+        except InitkitError:
             return self.binary
         first = proc.stdout.decode(errors="replace").strip().splitlines()
         return f"{self.binary} ({first[0]})" if first else self.binary

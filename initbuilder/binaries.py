@@ -17,10 +17,10 @@ import stat
 from guest.contract import DEFAULT_PATH
 from initbuilder.closure import Resolver
 from initbuilder.elf import is_elf
-from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
 from initbuilder.linkmap import Closure, LoadedObject
 from initbuilder.nixstore import StoreRelocation, rewritten_copy
+from initkit.errors import InitkitError
 
 log = logging.getLogger("initkit.closure")
 

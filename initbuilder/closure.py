@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from initbuilder.elf import ElfError, ElfInfo, read_elf
-from initbuilder.errors import InitkitError
 from initbuilder.ldconfig import ConfIndex, LdCache, read_conf
 from initbuilder.ldso import LoaderFacts, loader_facts
 from initbuilder.linkmap import Closure, LoadedObject, Missing
 from initbuilder.search import DLOPEN_LEVELS, Search
 from initbuilder.sysroot import Sysroot
+from initkit.errors import InitkitError
 
 if TYPE_CHECKING:
     from initbuilder.image import Image

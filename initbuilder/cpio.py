@@ -8,20 +8,20 @@ Reading initrds back is initbuilder/reader.py.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
+import errno
 import logging
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import libarchive
 from libarchive import ffi
 
-from initbuilder.errors import InitkitError
 from initbuilder.image import Entry, Image, Kind
+from initkit.errors import InitkitError, write_error, writing
+from initkit.files import replacing
 
 log = logging.getLogger("initkit.cpio")
 
@@ -93,34 +93,29 @@ def write_initrd(
     *,
     compression: str | None = None,
     mtime: int | None = None,
+    instead: str = "",
 ) -> WriteReport:
-    """Write ``image`` as a newc initrd at ``out``, atomically (temp file + rename)."""
+    """Write ``image`` as a newc initrd at ``out``, atomically (temp file + rename).
+    ``instead`` is the way around an output that cannot be written, for the message."""
     out_path = Path(out)
     kind = compression_for(out_path, compression)
     epoch = source_date_epoch(mtime)
-    parent = out_path.parent if str(out_path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InitkitError(f"cannot write {out_path}: directory {parent} does not exist")
-    if out_path.is_dir():
-        raise InitkitError(f"cannot write {out_path}: it is a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=parent)
-    except PermissionError:
-        raise InitkitError(f"cannot write {out_path}: directory {parent} is not writable") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            count = _write_archive(image, fh.fileno(), kind, epoch)
-            fh.flush()
-            os.fchmod(fh.fileno(), 0o644)
-        os.replace(tmp, out_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return WriteReport(out_path, count, kind, out_path.stat().st_size)
+    with writing(out_path, "write the initrd", instead=instead):
+        if os.path.isdir(out_path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(out_path))
+    with replacing(out_path, mode=0o644, what="the initrd", instead=instead) as tmp:
+        with writing(out_path, "write the initrd", instead=instead):
+            fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            count = _write_archive(image, fd, kind, epoch, out_path, instead)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    return WriteReport(out_path, count, kind, size)
 
 
-def _write_archive(image: Image, fd: int, compression: str, epoch: int) -> int:
+def _write_archive(image: Image, fd: int, compression: str, epoch: int, out: Path,
+                   instead: str) -> int:
     items = image.items()
     plan = _plan_inodes(items)
     archive = ffi.write_new()
@@ -155,6 +150,9 @@ def _write_archive(image: Image, fd: int, compression: str, epoch: int) -> int:
         ffi.write_close(archive)
     except libarchive.ArchiveError as exc:
         ffi.write_fail(archive)
+        if exc.errno:  # the OS refused the bytes (a full disk...): say why, and where
+            fault = OSError(exc.errno, os.strerror(exc.errno))
+            raise write_error(fault, out, "write the initrd", instead=instead) from None
         raise InitkitError(f"writing the initrd failed: {exc.msg}") from None
     finally:
         ffi.write_free(archive)

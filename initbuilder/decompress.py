@@ -13,7 +13,7 @@ import zlib
 
 import libarchive
 
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 # Leading bytes of each stream, as the kernel's own decompressors recognise them.
 MAGICS: tuple[tuple[str, bytes], ...] = (

@@ -21,7 +21,7 @@ from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.structs import ELFStructs
 
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 log = logging.getLogger("initkit.elf")
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from initbuilder.errors import InitkitError, reading
+from initkit.errors import InitkitError, reading
 
 _MAX_LINK_HOPS = 40  # the kernel's own limit for following symlinks
 

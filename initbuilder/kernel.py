@@ -8,19 +8,20 @@ RISC-V ``Image``, EFI zboot images, and any of these wrapped in gzip/xz/zstd/...
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import re
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from initbuilder import decompress, elf
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError, reading
+from initkit.cache import CACHE_ELSEWHERE, cache_dir
+from initkit.errors import InitkitError, reading, writing
+from initkit.files import replacing, write_atomically
 
 log = logging.getLogger("initkit.kernel")
 
@@ -222,31 +223,21 @@ def extract_vmlinux(bzimage: Path, out: Path | None = None) -> Path:
         digest = hashlib.sha256(data).hexdigest()
         source = cache_dir("vmlinux") / f"{digest}.elf"
         if not source.exists():
-            _write_atomically(source, vmlinux_from_bzimage(data, str(bzimage)))
+            # Another process may extract the same image at once: the same bytes.
+            write_atomically(source, vmlinux_from_bzimage(data, str(bzimage)), mode=0o644,
+                             what="the cache entry", instead=CACHE_ELSEWHERE)
             log.info("extracted vmlinux from %s into %s", bzimage, source)
     if out is None:
         return source
     out = Path(out)
     if out.exists() and out.samefile(source):
         return out
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, out)
+    with writing(out, "write the vmlinux"):
+        if os.path.isdir(out):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(out))
+    with replacing(out, what="the vmlinux") as tmp, writing(out, "write the vmlinux"):
+        shutil.copyfile(source, tmp)
     return out
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    # Another process may extract the same image at once: each writes its own temp file
-    # and the rename makes the result appear whole.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _read(path: Path) -> bytes:

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import kernelconfig, process
-from initbuilder.cache import cache_dir
+from initbuilder import kernelconfig
 from initbuilder.kernelprogress import BuildProgress
 from initbuilder.kernelsource import (
     KernelSource,
@@ -36,6 +34,17 @@ from initbuilder.kernelsource import (
     given_source,
     installed_debian_source,
     source_ident,
+)
+from initkit import process
+from initkit.cache import CACHE_ELSEWHERE, cache_dir
+from initkit.errors import writing
+from initkit.files import (
+    identity_or_missing,
+    remember,
+    remove_tree,
+    scratch_beside,
+    temp_path,
+    write_atomically,
 )
 
 log = logging.getLogger("initkit.kernelbuild")
@@ -167,9 +176,7 @@ def minimal_kernel(report: Report = print) -> BuiltKernel:
         report(f"building initkit's minimal kernel first (`initbuilder kernel build`; once, "
                f"then cached; {BUILD_ESTIMATE})")
         found = build_kernel(report=report)
-    tmp = note.with_name(f"{note.name}.{os.getpid()}")
-    tmp.write_text(str(found.root))
-    os.replace(tmp, note)
+    remember(note, str(found.root))
     return found
 
 
@@ -177,11 +184,7 @@ def _host_state_key() -> str:
     digest = hashlib.sha256(f"{RECIPE}:{ARCH}\0".encode())
     for path in (Path("/var/lib/dpkg/status"), kernelconfig.FRAGMENT,
                  Path(shutil.which("gcc") or "gcc").resolve()):
-        try:
-            st = path.stat()
-            digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}\0".encode())
-        except OSError:
-            digest.update(f"{path}:missing\0".encode())
+        digest.update(identity_or_missing(path).encode() + b"\0")
     return digest.hexdigest()[:24]
 
 
@@ -206,7 +209,9 @@ def _terminate_as_exit() -> Iterator[None]:
 
 @contextmanager
 def _locked(path: Path, report: Report) -> Iterator[None]:
-    with open(path, "w") as lock:
+    with writing(path, "make the lock file", instead=CACHE_ELSEWHERE):
+        lock = open(path, "w")  # noqa: SIM115 - closed below
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -235,9 +240,8 @@ def _configure(src: KernelSource, objects: Path, wanted: dict[str, kernelconfig.
     _make(src, objects, ["tinyconfig"], progress)
     config = objects / ".config"
     merged = kernelconfig.merge(config.read_text(), wanted)
-    tmp = config.with_name(".config.initkit")
-    tmp.write_text(merged)
-    os.replace(tmp, config)
+    write_atomically(config, merged, what="the kernel configuration",
+                     instead=CACHE_ELSEWHERE)
     _make(src, objects, ["olddefconfig"], progress)
     kernelconfig.check(wanted, config)
 
@@ -263,8 +267,8 @@ def _install(src: KernelSource, objects: Path, entry: Path, key: str,
              fragments: Sequence[Path], seconds: float) -> BuiltKernel:
     """Copy the results into a temporary directory, then rename it to ``entry``."""
     release = (objects / "include" / "config" / "kernel.release").read_text().strip()
-    with tempfile.TemporaryDirectory(prefix=f".{key}.", dir=entry.parent) as tmp:
-        tree = Path(tmp) / "tree"
+    with scratch_beside(entry, what="the built kernel", instead=CACHE_ELSEWHERE) as tmp:
+        tree = tmp / "tree"
         boot = tree / "boot"
         boot.mkdir(parents=True)
         shutil.copyfile(objects / "arch" / "x86" / "boot" / "bzImage", boot / f"vmlinuz-{release}")
@@ -295,10 +299,10 @@ def _install(src: KernelSource, objects: Path, entry: Path, key: str,
 def _replace_dir(new: Path, entry: Path) -> None:
     """Rename ``new`` to ``entry``; an older entry (a --rebuild) is moved aside first."""
     if entry.exists():
-        old = entry.with_name(f".{entry.name}.old.{os.getpid()}")
+        old = temp_path(entry)  # named as entry's: removed by the next build if we die now
         entry.rename(old)
         new.rename(entry)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
     else:
         new.rename(entry)
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder.errors import InitkitError, reading
+from initkit.errors import InitkitError, reading
 
 FRAGMENT = Path(__file__).with_name("minimal_kernel.config")
 

@@ -18,13 +18,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import process
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError
+from initkit import process
+from initkit.cache import CACHE_ELSEWHERE, cache_dir
+from initkit.errors import InitkitError
+from initkit.files import scratch_beside
 
 log = logging.getLogger("initkit.kernelfetch")
 
@@ -285,8 +285,7 @@ def _load(directory: Path) -> FetchedKernel | None:
 
 
 def _download_and_unpack(root: Path, package: str, apt: AptSource) -> FetchedKernel:
-    with tempfile.TemporaryDirectory(prefix=f".{package}.download.", dir=root) as tmp:
-        work = Path(tmp)
+    with scratch_beside(root / package, what="the download", instead=CACHE_ELSEWHERE) as work:
         log.info("downloading %s", package)
         process.run(
             [*apt.download_argv(), package],
@@ -313,8 +312,8 @@ def unpack_kernel_deb(deb: Path, cache: Path | None = None) -> FetchedKernel:
     if found is not None:
         return found
     package_version = _deb_field(deb, "Version")
-    with tempfile.TemporaryDirectory(prefix=f".{package}.", dir=root) as tmp:
-        tree = Path(tmp) / "tree"
+    with scratch_beside(final, what="the kernel package", instead=CACHE_ELSEWHERE) as tmp:
+        tree = tmp / "tree"
         log.info("unpacking %s", deb.name)
         process.run(["dpkg-deb", "-x", deb, tree], timeout=600,
                     hint="dpkg-deb is part of dpkg; install it")

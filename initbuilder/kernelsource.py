@@ -14,13 +14,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import process
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError
+from initkit import process
+from initkit.cache import CACHE_ELSEWHERE, cache_dir
+from initkit.errors import InitkitError
+from initkit.files import scratch_beside
 
 log = logging.getLogger("initkit.kernelbuild")
 
@@ -175,8 +175,9 @@ def _unpacked(tarball: Path, ident: str) -> KernelSource:
     root = cache_dir("kernel-source")
     final = root / ident
     if not (final / _STAMP).is_file():
-        with tempfile.TemporaryDirectory(prefix=f".{ident}.", dir=root) as tmp:
-            tree = Path(tmp) / "tree"
+        with scratch_beside(final, what="the kernel source",
+                            instead=CACHE_ELSEWHERE) as tmp:
+            tree = tmp / "tree"
             log.warning("unpacking %s (once)", tarball)
             _extract(tarball, tree)
             (tree / _STAMP).write_text(json.dumps({"from": str(tarball)}) + "\n")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from initbuilder import decompress, elf
-from initbuilder.errors import InitkitError, reading
+from initkit.errors import InitkitError, reading
 
 # Module file suffix -> compression, longest first so ".ko.zst" is not taken for ".ko".
 MODULE_SUFFIXES: tuple[tuple[str, str | None], ...] = (

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from guest import contract
-from initbuilder.errors import InitkitError
 from initbuilder.image import Image
 from initbuilder.modinfo import (
     ModInfo,
@@ -31,6 +30,7 @@ from initbuilder.modinfo import (
     read_module_bytes,
     split_module_filename,
 )
+from initkit.errors import InitkitError
 
 log = logging.getLogger("initkit.modules")
 

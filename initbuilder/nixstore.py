@@ -19,8 +19,9 @@ import posixpath
 import re
 from pathlib import Path
 
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError
+from initkit.cache import CACHE_ELSEWHERE, cache_dir
+from initkit.errors import InitkitError
+from initkit.files import write_atomically
 
 NIX_STORE = "/nix/store"
 PRIVATE_STORE = "/usr/lib/initkit/store"
@@ -100,7 +101,5 @@ def rewritten_copy(data: bytes, name: str) -> Path:
     directory = cache_dir("nix-relocated")
     path = directory / f"{digest[:32]}-{os.path.basename(name)}"
     if not path.exists():
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomically(path, data, what="the cache entry", instead=CACHE_ELSEWHERE)
     return path

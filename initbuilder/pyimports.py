@@ -284,7 +284,8 @@ def follow(request: dict[str, Any]) -> dict[str, Any]:
     compiled files), ``optimize`` (0-2). Answer: ``facts``, ``files`` [{name, kind,
     host, guest, frozen}] with ``host`` a compiled .pyc in ``out`` for Python modules,
     and ``missing`` {name: importer}; or ``error``, naming a module that does not parse
-    or compile under this interpreter.
+    or compile under this interpreter; or ``write_error`` {errno, path}: a compiled file
+    could not be written (a full disk), for the caller to explain.
     """
     info = facts()
     packages = dict(request["packages"])
@@ -325,8 +326,8 @@ def _follow(request: dict[str, Any], info: dict[str, object], packages: dict[str
             entry["guest"] = guest
             if found.kind == "source":
                 compiled = os.path.join(out_dir, guest.lstrip("/"))
-                os.makedirs(os.path.dirname(compiled), exist_ok=True)
                 try:
+                    os.makedirs(os.path.dirname(compiled), exist_ok=True)
                     if name.split(".")[0] in packages:
                         compile_package_module(found.host, compiled, guest[:-1], optimize)
                     else:
@@ -337,6 +338,10 @@ def _follow(request: dict[str, Any], info: dict[str, object], packages: dict[str
                 except (SyntaxError, ValueError, py_compile.PyCompileError) as exc:
                     raise Unreadable(f"cannot compile {found.host} with Python "
                                      f"{sys.version.split()[0]}: {exc}") from None
+                except OSError as exc:
+                    if not os.access(found.host, os.R_OK):
+                        raise
+                    return {"write_error": {"errno": exc.errno, "path": compiled}}
                 entry["host"] = compiled
             else:
                 entry["host"] = found.host

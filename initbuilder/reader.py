@@ -18,8 +18,8 @@ from typing import BinaryIO
 
 import libarchive
 
-from initbuilder.errors import InitkitError, reading
 from initbuilder.image import Entry, Image, Kind
+from initkit.errors import InitkitError, reading
 
 
 @dataclass(frozen=True)

@@ -11,23 +11,30 @@ resolves them; the interpreter's own files are stripped of debug information.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from initbuilder.cache import cache_dir
 from initbuilder.closure import Resolver
 from initbuilder.elf import is_elf_file
-from initbuilder.errors import InitkitError
 from initbuilder.image import Image
-from initbuilder.process import run
+from initkit.cache import CACHE_ELSEWHERE, cache_dir
+from initkit.errors import InitkitError, write_error, writing
+from initkit.files import (
+    identity,
+    private_scratch,
+    replacing,
+    scratch_beside,
+    write_atomically,
+)
+from initkit.process import run
 
 log = logging.getLogger("initkit.runtime")
 
@@ -142,23 +149,19 @@ def collect(python: Path | None = None) -> Runtime:
     interpreter = _interpreter(python)
     key = _cache_key(interpreter)
     if key is None:
-        with tempfile.TemporaryDirectory(prefix="initkit-runtime-") as tmp:
-            return _load(_follow(interpreter, Path(tmp)), Path(tmp), keep_bytes=True)
+        with private_scratch("initkit-runtime-") as tmp:
+            return _load(_follow(interpreter, tmp), tmp, keep_bytes=True)
     root = cache_dir("runtime")
     final = root / key
     answer_file = final / "answer.json"
     if not answer_file.exists():
-        scratch = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-        try:
+        with scratch_beside(final, what="the runtime's cache entry",
+                            instead=CACHE_ELSEWHERE) as scratch:
             answer = _follow(interpreter, scratch)
-            (scratch / "answer.json").write_text(json.dumps(answer))
-            try:
+            with writing(scratch / "answer.json", "write", instead=CACHE_ELSEWHERE):
+                (scratch / "answer.json").write_text(json.dumps(answer))
+            with contextlib.suppress(OSError):  # another build got there first: the same
                 scratch.rename(final)
-            except OSError:  # another build got there first: theirs is the same
-                shutil.rmtree(scratch, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
     return _load(json.loads(answer_file.read_text()), final, keep_bytes=False)
 
 
@@ -179,11 +182,11 @@ def _cache_key(interpreter: Path) -> str | None:
     if not is_elf_file(real):
         return None
     try:
-        st = real.stat()
+        interpreter_identity = identity(real)
     except OSError:
         return None
-    digest = hashlib.sha256(repr((_FORMAT, str(real), st.st_size, st.st_mtime_ns, st.st_ino,
-                                  STARTUP_MODULES, OPTIMIZE, PREFIX)).encode())
+    digest = hashlib.sha256(repr((_FORMAT, interpreter_identity, STARTUP_MODULES, OPTIMIZE,
+                                  PREFIX)).encode())
     digest.update(_FOLLOWER.read_bytes())
     for source in sorted(_GUEST_PACKAGE.rglob("*.py")):
         digest.update(str(source.relative_to(_GUEST_PACKAGE)).encode() + b"\0")
@@ -203,6 +206,10 @@ def _follow(interpreter: Path, out: Path) -> dict[str, Any]:
                            "with JSON; is it a CPython 3.10 or newer?") from None
     if "error" in answer:
         raise InitkitError(f"--python {interpreter}: {answer['error']}")
+    if "write_error" in answer:  # compiling into the cache failed: a full disk, say
+        code, path = answer["write_error"]["errno"], answer["write_error"]["path"]
+        raise write_error(OSError(code, os.strerror(code)), path,
+                          "write the guest runtime's compiled module", instead=CACHE_ELSEWHERE)
     missing = {name: by for name, by in answer["missing"].items()
                if by.startswith(("guest", "<"))}
     if missing:
@@ -231,9 +238,7 @@ def _keep(path: Path) -> Path:
     data = path.read_bytes()
     target = cache_dir("runtime", "pyc") / hashlib.sha256(data).hexdigest()[:32]
     if not target.exists():
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        write_atomically(target, data, what="the cache entry", instead=CACHE_ELSEWHERE)
     return target
 
 
@@ -242,8 +247,7 @@ def _stripped(path: Path) -> Path:
     """``path`` without debug information or symbol tables (cached by the file's
     identity); the file itself if there is no ``strip``."""
     st = path.stat()
-    key = hashlib.sha256(repr((str(path.resolve()), st.st_size, st.st_mtime_ns,
-                               st.st_ino)).encode()).hexdigest()[:24]
+    key = hashlib.sha256(identity(path.resolve()).encode()).hexdigest()[:24]
     target = cache_dir("runtime", "stripped") / f"{key}-{path.name}"
     if target.exists():
         return target
@@ -252,12 +256,8 @@ def _stripped(path: Path) -> Path:
         log.warning("no strip(1) on $PATH: %s goes into the initrd with its debug "
                     "information (install binutils for a smaller initrd)", path)
         return path
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(target, mode=st.st_mode & 0o7777, what="the cache entry",
+                   instead=CACHE_ELSEWHERE) as tmp:
         run([strip, "--strip-unneeded", "-o", tmp, path],
             hint="install binutils, or remove the broken strip from $PATH")
-        os.chmod(tmp, st.st_mode & 0o7777)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 from guest import contract
-from initbuilder.errors import InitkitError
 from initbuilder.image import Entry, Image, Kind
-from initbuilder.process import run
+from initkit.errors import InitkitError
+from initkit.process import run
 
 log = logging.getLogger("initkit.sources")
 

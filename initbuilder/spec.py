@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from initbuilder import cpio, reader, sources
-from initbuilder.cache import cache_dir
 from initbuilder.image import Image
+from initkit.cache import CACHE_ELSEWHERE, cache_dir
+from initkit.files import identity
 
 log = logging.getLogger("initkit.build")
 
@@ -119,7 +120,8 @@ def build(spec: BuildSpec, output: Path) -> BuildResult:
 
 def fingerprint(image: Image, compression: str, epoch: int) -> str:
     """A hash of everything that decides the bytes ``image`` is written as. Host files
-    count by path, size, mtime and inode (as make does), so hashing stays cheap."""
+    count by their identity (path, size, mtime, inode, device: as make does), so hashing
+    stays cheap."""
     digest = hashlib.sha256(f"{compression}:{epoch}".encode())
     for path, entry in image.items():
         digest.update(repr((path, entry.kind.value, entry.mode, entry.uid, entry.gid,
@@ -127,9 +129,7 @@ def fingerprint(image: Image, compression: str, epoch: int) -> str:
         if entry.data is not None:
             digest.update(hashlib.sha256(entry.data).digest())
         elif entry.host is not None:
-            st = entry.host.stat()
-            digest.update(repr((str(entry.host), st.st_size, st.st_mtime_ns, st.st_ino,
-                                st.st_dev)).encode())
+            digest.update(identity(entry.host).encode())
     return digest.hexdigest()
 
 
@@ -146,7 +146,8 @@ def build_cached(spec: BuildSpec, *, suffix: str = ".cpio", cache: Path | None =
     if target.exists():
         log.info("reusing cached initrd %s", target)
         return target
-    cpio.write_initrd(image, target, compression=compression, mtime=epoch)
+    cpio.write_initrd(image, target, compression=compression, mtime=epoch,
+                      instead=CACHE_ELSEWHERE)
     log.info("built initrd %s", target)
     return target
 

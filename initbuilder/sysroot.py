@@ -11,7 +11,7 @@ import os
 import posixpath
 import stat
 
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 _MAX_LINK_HOPS = 40  # the kernel's limit
 

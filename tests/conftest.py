@@ -10,8 +10,8 @@ import pytest
 from nixbuild import NixOutputs, nix_build
 from realparts import missing_part
 
-from initbuilder.errors import InitkitError
 from initbuilder.kernelfetch import FetchedKernel, fetch_debian_kernel
+from initkit.errors import InitkitError
 
 
 @pytest.fixture(scope="session")

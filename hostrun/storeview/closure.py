@@ -22,8 +22,8 @@ from hostrun.storeview.nixbase32 import HASH_CHARS, STORE_DIR, is_hash_part, is_
 from hostrun.storeview.refscan import scan_references
 from hostrun.storeview.substituter import FileBinaryCache
 from hostrun.storeview.view import StoreView, ViewEntry
-from initbuilder import process
-from initbuilder.errors import InitkitError
+from initkit import process
+from initkit.errors import InitkitError
 
 log = logging.getLogger("initkit.hostrun")
 

@@ -12,7 +12,7 @@ import lzma
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 READ_SIZE = 1 << 16
 

@@ -21,6 +21,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from initkit import process
+from initkit.errors import InitkitError
+
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -55,9 +58,8 @@ def mount_namespaces_work() -> bool:
             os._exit(1)
 
     try:
-        return subprocess.run([true], preexec_fn=probe, check=False,
-                              timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
+        return process.start([true], preexec_fn=probe).wait(timeout=10) == 0
+    except (InitkitError, subprocess.SubprocessError):
         return False
 
 

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 MAGIC = b"nix-archive-1"
 CHUNK = 1 << 20  # file data goes through in pieces of this size

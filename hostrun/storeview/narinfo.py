@@ -9,7 +9,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from hostrun.storeview.nixbase32 import STORE_DIR, is_store_name, parse_sha256
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 COMPRESSIONS = ("xz", "zstd", "bzip2", "none")
 MAX_NARINFO_BYTES = 1 << 20  # a narinfo is a few hundred bytes; a bigger one is refused

@@ -11,7 +11,7 @@ import base64
 import binascii
 import re
 
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}

@@ -17,19 +17,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import stat
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import BinaryIO
 
 from hostrun.storeview import nixbase32
 from hostrun.storeview.compressed import DecompressingReader
-from hostrun.storeview.nar import make_removable, unpack_nar
+from hostrun.storeview.nar import unpack_nar
 from hostrun.storeview.narinfo import MAX_NARINFO_BYTES, NarInfo, parse_narinfo
-from initbuilder.cache import cache_dir
-from initbuilder.errors import InitkitError, reading
+from initkit.cache import CACHE_ELSEWHERE, cache_dir
+from initkit.errors import InitkitError, reading, writing
+from initkit.files import scratch_beside
 
 HASH_READ = 1 << 20
 
@@ -147,13 +146,13 @@ def fetch_nar(nar_file: Path, info: NarInfo) -> Path:
     with raw:
         _check_file_hash(raw, info, what)
         raw.seek(0)
-        _remove_abandoned(entry.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.{os.getpid()}.", suffix=".tmp",
-                                    dir=entry.parent))
-        try:
+        # Named as entry's temp files: one left by a run killed mid-unpack is removed here.
+        with scratch_beside(entry, what=f"the NAR of /nix/store/{info.store_name}",
+                            instead=CACHE_ELSEWHERE) as tmp:
             stream = HashingReader(DecompressingReader(raw, info.compression, what),
                                    info.nar_size, what)
-            unpack_nar(stream, tmp / "root", what=what)
+            with writing(entry, "unpack a NAR into", instead=CACHE_ELSEWHERE):
+                unpack_nar(stream, tmp / "root", what=what)
             if stream.read(1):
                 raise InitkitError(f"{what}: data after the end of the NAR; refused")
             if stream.sha256.digest() != info.nar_hash:
@@ -168,27 +167,9 @@ def fetch_nar(nar_file: Path, info: NarInfo) -> Path:
                 # Another run may have put the same entry there first: same bytes, keep it.
                 if not os.path.lexists(entry):
                     os.rename(tmp / "root", entry)
-        finally:
-            with contextlib.suppress(OSError):
-                make_removable(tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
     if not os.path.lexists(entry):
         raise InitkitError(f"{what}: could not be put into the cache at {entry}")
     return entry
-
-
-def _remove_abandoned(directory: Path) -> None:
-    """Remove the temporary unpack directories of processes that are gone (killed with
-    SIGKILL mid-unpack: the only way one is left behind)."""
-    for name in os.listdir(directory):
-        parts = name.split(".")
-        if not (name.startswith(".") and name.endswith(".tmp") and len(parts) == 5
-                and parts[2].isdigit()):
-            continue
-        if parts[2] != str(os.getpid()) and not os.path.exists(f"/proc/{parts[2]}"):
-            with contextlib.suppress(OSError):
-                make_removable(directory / name)
-            shutil.rmtree(directory / name, ignore_errors=True)
 
 
 def _check_file_hash(raw: BinaryIO, info: NarInfo, what: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hostrun.storeview.mounts import ViewMounts, mount_namespaces_work
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 
 @dataclass(frozen=True)

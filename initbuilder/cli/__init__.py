@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from initbuilder import __version__
-from initbuilder.cli.framework import LazyGroup
+from initkit.cli import LazyGroup
 
 _COMMANDS = {
     "build": "initbuilder.cli.build:build",
@@ -28,5 +28,10 @@ def main() -> None:
       initbuilder closure /usr/bin/qemu-img          # what the loader would load
       initbuilder ls initrd.zst                     # what is inside
       initbuilder kernel fetch                      # a kernel to boot (Debian's)
+
+    \b
+    Exit status: 0 done; 1 `kernel build --cached` found no build; 2 a usage or
+    input error (one line says which and what to do); 120 the machine ran short
+    (disk full, quota, open files, I/O error).
     """
 

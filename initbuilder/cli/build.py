@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from initbuilder.cli.closure import closure_options
-from initbuilder.cli.framework import Command, setup_logging
 from initbuilder.cli.kernel import kernel_options
 from initbuilder.cpio import COMPRESSIONS
 from initbuilder.spec import BuildSpec
 from initbuilder.spec import build as run_build
+from initkit.cli import Command, setup_logging
 
 
 @click.command(cls=Command)

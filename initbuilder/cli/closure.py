@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 
 import click
 
-from initbuilder.cli.framework import Command, setup_logging
 from initbuilder.closure import Closure, LoadedObject, Resolver
-from initbuilder.errors import InitkitError
 from initbuilder.search import DLOPEN_LEVELS
+from initkit.cli import Command, setup_logging
+from initkit.errors import InitkitError
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INDENT = "    "

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from initbuilder.cli.framework import Command, Group, setup_logging
+from initkit.cli import Command, Group, setup_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -225,16 +225,16 @@ def build(source: Path | None, fragments: tuple[Path, ...], output: Path | None,
       initbuilder kernel build --check --config-fragment extra.config
       hostrun --kernel minimal ...                   # boots it (builds it if needed)
     """
-    import os
     import shutil
-    import tempfile
 
     from initbuilder.kernelbuild import build_kernel, configure_only, lookup
+    from initkit.errors import writing
+    from initkit.files import private_scratch, replacing
 
     setup_logging(verbose)
     if check:
-        with tempfile.TemporaryDirectory(prefix="initkit-kconfig-") as tmp:
-            configure_only(source, fragments, Path(tmp) / "objects",
+        with private_scratch("initkit-kconfig-") as tmp:
+            configure_only(source, fragments, tmp / "objects",
                            report=lambda text: click.echo(text, err=True))
         click.echo("initbuilder: Kconfig kept every option of the fragments; nothing was "
                    "compiled", err=True)
@@ -251,12 +251,14 @@ def build(source: Path | None, fragments: tuple[Path, ...], output: Path | None,
                              report=lambda text: click.echo(text, err=True),
                              show_make=verbose > 0)
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
+        with writing(output, "make the output directory"):
+            output.mkdir(parents=True, exist_ok=True)
         for name, path in (("bzImage", built.bzimage), ("vmlinux", built.vmlinux),
                            ("config", built.config)):
-            tmp = output / f".{name}.{os.getpid()}"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, output / name)
+            what = f"the kernel's {name}"
+            with replacing(output / name, what=what) as tmp, \
+                    writing(output / name, f"write {what}"):
+                shutil.copyfile(path, tmp)
     fields = built.fields()
     _show(fields, print_field, as_json)
 

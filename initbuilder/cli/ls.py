@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from initbuilder.cli.framework import Command
 from initbuilder.image import Kind
 from initbuilder.reader import ArchiveMember, read_initrd
+from initkit.cli import Command
 
 _TYPE_BITS = {
     Kind.DIR: stat.S_IFDIR, Kind.FILE: stat.S_IFREG, Kind.HARDLINK: stat.S_IFREG,

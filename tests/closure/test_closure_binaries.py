@@ -18,11 +18,11 @@ from initbuilder.binaries import BinaryAdder
 from initbuilder.closure import Resolver, add_binaries
 from initbuilder.cpio import write_initrd
 from initbuilder.elf import read_elf
-from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
 from initbuilder.nixstore import StoreRelocation
 from initbuilder.sources import add_skeleton
 from initbuilder.sysroot import Sysroot
+from initkit.errors import InitkitError
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

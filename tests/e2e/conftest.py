@@ -236,9 +236,9 @@ def hostrun_cli(e2e_kernel: Path, e2e_initrd: Path,  # type: ignore[no-untyped-d
     """Start the real `hostrun` command; returns a CliRun to finish and inspect."""
 
     def start(*args: str, kernel: bool = True, initrd: bool = True,
-              stdin: int | None = subprocess.DEVNULL) -> CliRun:
+              stdin: int | None = subprocess.DEVNULL, tmpdir: Path | None = None) -> CliRun:
         # Short, so hostrun keeps its socket there rather than falling back to /tmp.
-        tmpdir = tmp_path_factory.mktemp("t", numbered=True)
+        tmpdir = tmpdir or tmp_path_factory.mktemp("t", numbered=True)
         tag = uuid.uuid4().hex
         env = {**os.environ, "TMPDIR": str(tmpdir), "HOSTRUN_TEST_TAG": tag,
                "HOSTRUN_ACCEL": "tcg"}

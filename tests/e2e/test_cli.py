@@ -83,6 +83,37 @@ def test_daemon_killed_mid_boot(hostrun_cli, store: Store) -> None:
     run.assert_nothing_left()
 
 
+def test_sigkill_leaves_a_private_dir_that_the_next_hostrun_removes(hostrun_cli,
+                                                                    store: Store) -> None:
+    killed: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60", "--run",
+                                 "sleep 1000")
+    qemu = _wait_for_process(killed, "qemu-system")
+    daemon = _wait_for_process(killed, "virtiofsd")
+    private = [p for p in killed.tmpdir.iterdir() if p.name.startswith("hostrun-")]
+    assert len(private) == 1 and (private[0] / "owner").is_file()
+    killed.proc.send_signal(signal.SIGKILL)
+    assert killed.finish() == -signal.SIGKILL
+    deadline = time.monotonic() + 10  # PR_SET_PDEATHSIG: the children die with it
+    while any(os.path.exists(f"/proc/{pid}") and not _is_zombie(pid) for pid in (qemu, daemon)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert killed.processes() == []
+    assert private[0].is_dir() and (private[0] / "virtiofs.sock").is_socket()  # no teardown
+    later: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60",
+                                "--exec", store.hello, tmpdir=killed.tmpdir)
+    assert later.finish() == 0, later.stderr
+    assert not private[0].exists()
+    later.assert_nothing_left()  # its own private dir and the killed one's: both gone
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
 def test_guest_that_never_finishes_times_out(hostrun_cli, store: Store) -> None:
     # Long enough for the guest to have said something even on a loaded machine (a boot
     # under TCG with both cores busy takes over 6 s): a silent guest gets another message.

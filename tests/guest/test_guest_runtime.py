@@ -13,9 +13,9 @@ from realparts import missing_part, unpack_with_cpio
 
 from initbuilder import runtime
 from initbuilder.cpio import write_initrd
-from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
 from initbuilder.pyimports import compile_package_module, follow, imports_of
+from initkit.errors import InitkitError
 
 PREFIX = runtime.PREFIX
 VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"

@@ -14,7 +14,7 @@ import hostrun
 from guest.contract import ExitStatus
 from hostrun import api, cli, plan
 from hostrun.action import Action
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 
 def test_the_package_gives_the_api_without_click_or_pytest() -> None:

@@ -13,7 +13,7 @@ from hostrun import cli, hostcpu, plan
 from hostrun.action import Action, action_key, kernel_cmdline, without_actions
 from hostrun.exitcodes import ExitCode, exit_code_for_host_signal
 from hostrun.vmm import CloudHypervisor, Qemu
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 
 @pytest.mark.parametrize(("action", "word"), [

@@ -16,7 +16,7 @@ from guest.cmdline import parse
 from hostrun import cli
 from hostrun.action import Action, action_key, kernel_cmdline, without_actions
 from hostrun.exitcodes import ExitCode
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 NONCE = "0123456789abcdef"
 SHELL = ("/bin/sh",)

@@ -10,8 +10,8 @@ import pytest
 from realparts import missing_part
 
 from hostrun.plan import KERNEL_ENV, find_kernel
-from initbuilder.errors import InitkitError
 from initbuilder.kernelbuild import lookup
+from initkit.errors import InitkitError
 
 
 @pytest.fixture(scope="module")

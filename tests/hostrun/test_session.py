@@ -19,6 +19,7 @@ from hostrun.exitcodes import ExitCode
 from hostrun.session import RunSpec, run
 from hostrun.virtiofs import CustomDaemon
 from hostrun.vmm import BootConfig, Vmm
+from initkit.owner import Owner
 
 # Plays a guest: finds the nonce on its "kernel command line", then follows a script.
 FAKE_VMM = textwrap.dedent("""\
@@ -149,7 +150,7 @@ def test_vmm_error_exit(spec_for, private_tmp: Path) -> None:
 def test_vmm_that_cannot_start(spec_for, private_tmp: Path) -> None:
     outcome, _ = collect(spec_for("exit:0", binary="/nonexistent/qemu"))
     assert outcome.code == ExitCode.VMM_FAILED
-    assert outcome.error is not None and "cannot start fake-vmm" in outcome.error
+    assert outcome.error is not None and "cannot run fake-vmm" in outcome.error
     assert os.listdir(private_tmp) == []
 
 
@@ -301,6 +302,17 @@ def test_status_before_timeout_wins_over_it(spec_for, private_tmp: Path,
     outcome, _ = collect(spec_for("status:exit=6;sleep:60", timeout=0.5))
     assert outcome.code == 6
     assert 0.9 < time.monotonic() - started < 5
+
+
+def test_a_run_removes_what_killed_runs_left(spec_for, private_tmp: Path) -> None:
+    stale = private_tmp / "hostrun-stale"
+    stale.mkdir(mode=0o700)
+    (stale / "owner").write_text(f"{Owner(4194305, 1)}\n")  # above pid_max: gone
+    (stale / "vmm.log").write_text("from a hostrun killed with SIGKILL")
+    spec = spec_for("status:exit=0")
+    outcome, _ = collect(spec)
+    assert outcome.code == 0, outcome.error
+    nothing_left(spec, private_tmp)  # its own dir and the stale one are both gone
 
 
 def test_no_input_means_nothing_but_the_final_eof(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from hostrun.virtiofs import (
     choose_daemon,
     classify_virtiofsd,
 )
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 # A stand-in daemon: optionally records its environment, forks a child, then listens.
 FAKE_DAEMON = textwrap.dedent("""\

@@ -16,7 +16,7 @@ from hostrun.vmm import (
     parse_memory,
     request_queues,
 )
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 
 def config(**changes: object) -> BootConfig:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind, normalize
+from initkit.errors import InitkitError
 
 
 @pytest.mark.parametrize(

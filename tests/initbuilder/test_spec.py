@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from initbuilder.errors import InitkitError
 from initbuilder.reader import read_initrd
 from initbuilder.spec import BuildSpec, PhaseTimer, build, build_cached, build_image
+from initkit.errors import InitkitError
 
 
 def spec_for(tmp_path: Path, **kw: object) -> BuildSpec:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from realparts import missing_part, need
 
-from initbuilder.errors import InitkitError
 from initbuilder.kernelbuild import build_kernel, lookup
 from initbuilder.kernelsource import BUILD_PACKAGES, missing_packages
+from initkit.errors import InitkitError
 
 # $(O) is the object tree; every make run is counted in $(O)/runs. BZIMAGE=fail,
 # BZIMAGE=hang and BZIMAGE=slow (in the environment) change the compile on purpose.

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from synthetic_kernel import VERSION, ModuleTreeBuilder, make_bzimage
 
-from initbuilder.cli.framework import Command
 from initbuilder.cli.kernel import kernel, kernel_options
 from initbuilder.kernelfetch import FetchedKernel
+from initkit.cli import Command
 
 
 def invoke(*args: str) -> click.testing.Result:

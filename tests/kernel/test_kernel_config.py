@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from initbuilder.errors import InitkitError
 from initbuilder.kernelconfig import (
     FRAGMENT,
     NOT_SET,
@@ -17,6 +16,7 @@ from initbuilder.kernelconfig import (
     parse_config,
     read_fragment,
 )
+from initkit.errors import InitkitError
 
 BASE = """\
 #

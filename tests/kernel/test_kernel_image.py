@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from synthetic_kernel import PAYLOAD_COMPRESSORS, VERSION, make_bzimage, pipe
 
-from initbuilder.errors import InitkitError
 from initbuilder.kernel import (
     ARM64_IMAGE,
     BZIMAGE,
@@ -19,6 +18,7 @@ from initbuilder.kernel import (
     pvh_entry,
     read_bzimage_header,
 )
+from initkit.errors import InitkitError
 
 BANNER = f"{VERSION} (test@initkit) #1 SMP"
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from realparts import missing_part, need
 
-from initbuilder.errors import InitkitError
 from initbuilder.kernelfetch import (
     DEFAULT_PACKAGE_RE,
     RELEASES,
@@ -24,6 +23,7 @@ from initbuilder.kernelfetch import (
     running_release,
     unpack_kernel_deb,
 )
+from initkit.errors import InitkitError
 
 
 def make_kernel_deb(tmp: Path, package: str, version: str, modules_base: str = "lib") -> Path:

@@ -9,11 +9,11 @@ import pytest
 from synthetic_kernel import VERSION, ModuleTreeBuilder
 
 from initbuilder.cpio import write_initrd
-from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
 from initbuilder.modinfo import read_modinfo
 from initbuilder.modules import ModuleTree, add_modules, find_tree, resolve
 from initbuilder.reader import read_initrd
+from initkit.errors import InitkitError
 
 
 def order(tree: ModuleTreeBuilder, *names: str) -> list[str]:

@@ -12,7 +12,7 @@ from nixbuild import NixOutputs
 
 from hostrun.storeview import refscan
 from hostrun.storeview.closure import resolve_closure, store_name_of
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 NIX_STORE = Path("/nix/store")
 

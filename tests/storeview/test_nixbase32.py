@@ -12,7 +12,7 @@ from realparts import missing_part
 
 from hostrun.storeview import nixbase32
 from hostrun.storeview.narinfo import parse_narinfo
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 
 def test_encoding_matches_nix_hash() -> None:

@@ -8,7 +8,7 @@ import pytest
 from nar_writer import nar, regular, write_cache_entry
 
 from hostrun.plan import Request, plan
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from test_nar import tree_listing
 from hostrun.storeview import nixbase32
 from hostrun.storeview.closure import resolve_closure
 from hostrun.storeview.substituter import FileBinaryCache
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
+from initkit.owner import Owner, start_time
 
 EMPTY_STORE = "empty-store"
 
@@ -175,16 +176,22 @@ def test_a_nar_longer_than_its_nar_size_is_cut_off(tmp_path: Path, private_cache
 
 def test_what_a_killed_unpack_left_is_removed_by_the_next(tmp_path: Path,
                                                           private_cache: Path) -> None:
+    name = "1b9p07z77phvv2hf6gm9f28syp39f1ag-small"
+    small = nar(regular(b"small"))
+    entry = nixbase32.encode(hashlib.sha256(small).digest())
     nar_dir = private_cache / "store" / "nar"
-    dead = nar_dir / ".0c1ml0w7cbk1yr2x6q6x9fl0fnx0qxr8.4194305.abc_123.tmp"  # > pid_max
-    alive = nar_dir / f".0c1ml0w7cbk1yr2x6q6x9fl0fnx0qxr8.{os.getppid()}.abc_123.tmp"
-    for leftover in (dead, alive):
+    parent = os.getppid()
+    gone = Owner(4194305, 1)  # above pid_max: certainly no process
+    alive = Owner(parent, start_time(parent) or 0)
+    leftovers = {owner: nar_dir / f".{entry}.{owner}-0.tmp" for owner in (gone, alive)}
+    other_entry = nar_dir / f".{'0' * 32}.{gone}-0.tmp"  # not this entry's: not looked at
+    for leftover in (*leftovers.values(), other_entry):
         (leftover / "root").mkdir(parents=True)
         (leftover / "root").chmod(0o555)
-    name = "1b9p07z77phvv2hf6gm9f28syp39f1ag-small"
-    write_cache_entry(tmp_path / "cache", name, nar(regular(b"small")))
+    write_cache_entry(tmp_path / "cache", name, small)
     closure_from(tmp_path / "cache", tmp_path, f"/nix/store/{name}")
-    assert not dead.exists() and alive.exists()
+    assert not leftovers[gone].exists()
+    assert leftovers[alive].exists() and other_entry.exists()
 
 
 def test_nar_url_encoded_dot_dot_is_refused(tmp_path: Path) -> None:

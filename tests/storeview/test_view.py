@@ -14,7 +14,7 @@ from realparts import missing_part
 from hostrun.procs import child_setup
 from hostrun.storeview.mounts import ViewMounts
 from hostrun.storeview.view import StoreView, ViewEntry, build_view
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError
 
 NAMES = ("0c1ml0w7cbk1yr2x6q6x9fl0fnx0qxr8-dir", "1b9p07z77phvv2hf6gm9f28syp39f1ag-file",
          "5xyxwzjzbdgrcx1q8x2n64jwxdy7hlb0-link")

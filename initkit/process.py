@@ -1,19 +1,28 @@
-"""The one way initkit runs subprocesses: logged argv, clear errors."""
+"""The one way initkit starts subprocesses: argv logged at debug level, clear errors.
+
+``run()`` for a command whose end we wait for, ``run_lines()`` for a long one whose
+lines are shown as they come, ``start()`` for a child that lives on beside us (a daemon,
+a VMM) and that the caller stops.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import shlex
 import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
+from typing import IO
 
-from initbuilder.errors import InitkitError
+from initkit.errors import EnvironmentFault, InitkitError
 
 log = logging.getLogger("initkit.process")
 
 Arg = str | PathLike[str]
+# What Popen takes for stdin, stdout and stderr: a constant (PIPE, DEVNULL...), an fd, a file.
+Stream = int | IO[bytes] | IO[str] | None
 
 
 def run(
@@ -41,12 +50,8 @@ def run(
             timeout=timeout,
             check=False,
         )
-    except FileNotFoundError as exc:
-        raise InitkitError(
-            f"cannot run {args[0]!r}: not found" + (f"; {hint}" if hint else "")
-        ) from exc
-    except PermissionError as exc:
-        raise InitkitError(f"cannot run {args[0]!r}: permission denied") from exc
+    except OSError as exc:
+        raise cannot_start(exc, args[0], hint=hint) from exc
     except subprocess.TimeoutExpired as exc:
         raise InitkitError(f"{shlex.join(args)} did not finish within {timeout} s") from exc
     if check and proc.returncode != 0:
@@ -79,10 +84,8 @@ def run_lines(
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=None if env is None else dict(env),
                                 cwd=cwd)
-    except FileNotFoundError as exc:
-        raise InitkitError(
-            f"cannot run {args[0]!r}: not found" + (f"; {hint}" if hint else "")
-        ) from exc
+    except OSError as exc:
+        raise cannot_start(exc, args[0], hint=hint) from exc
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -112,3 +115,51 @@ def run_lines(
             f"{shlex.join(args)} failed (exit status {code}): {cause}"
             + (f"; {hint}" if hint else "")
         )
+
+
+def start(
+    argv: Sequence[Arg],
+    *,
+    stdin: Stream = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Arg | None = None,
+    pass_fds: Sequence[int] = (),
+    new_session: bool = False,
+    preexec_fn: Callable[[], None] | None = None,
+    what: str = "",
+    hint: str = "",
+) -> subprocess.Popen[bytes]:
+    """Start argv as a child that runs on beside this process and return it; the caller
+    waits for it or stops it. InitkitError if it cannot be started (``what`` names the
+    program in the message: "virtiofs daemon"; ``hint`` says what to do); a failing
+    ``preexec_fn`` raises subprocess.SubprocessError, as Popen does."""
+    args = [str(a) for a in argv]
+    log.debug("start: %s", shlex.join(args))
+    try:
+        return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr,
+                                env=None if env is None else dict(env), cwd=cwd,
+                                pass_fds=tuple(pass_fds), start_new_session=new_session,
+                                preexec_fn=preexec_fn)
+    except OSError as exc:
+        raise cannot_start(exc, args[0], what=what, hint=hint) from exc
+
+
+def cannot_start(exc: OSError, program: str, *, what: str = "", hint: str = "") -> InitkitError:
+    """The error for ``program`` that could not be started: not found, not executable,
+    or the machine out of processes, memory or file descriptors (an EnvironmentFault)."""
+    name = f"{what} {program!r}" if what else repr(program)
+    if isinstance(exc, FileNotFoundError):
+        cause = "not found"
+    elif isinstance(exc, PermissionError):
+        cause = "permission denied (not executable)"
+    else:
+        cause = exc.strerror or str(exc)
+    message = f"cannot run {name}: {cause}" + (f"; {hint}" if hint else "")
+    if exc.errno in _ENVIRONMENT_ERRNOS:
+        return EnvironmentFault(message)
+    return InitkitError(message)
+
+
+_ENVIRONMENT_ERRNOS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}

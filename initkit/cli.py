@@ -1,28 +1,44 @@
-"""Click plumbing shared by initkit's front ends: user errors as one line, exit 2."""
+"""Click plumbing shared by initkit's front ends: user errors as one line, exit 2 (120
+for a machine that ran short: errors.EnvironmentFault); -v logging; lazy subcommands."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from initbuilder.errors import InitkitError
+from initkit.errors import InitkitError, write_error
 
-USER_ERROR_EXIT = 2
+# OS errors that are the machine's whatever raised them: a site that did not explain its
+# own still gets one line, not a traceback (any other OSError is a bug and keeps it).
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE,
+                   errno.ENFILE}
 
 
 class _ReportsUserErrors:
-    """Print InitkitError as one line (no traceback) and exit 2; bugs keep tracebacks."""
+    """Print InitkitError as one line (no traceback) and exit with its code (2, or 120
+    for an EnvironmentFault); bugs keep tracebacks."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)  # type: ignore[misc]
         except InitkitError as exc:
-            click.echo(f"{ctx.find_root().info_name}: error: {exc}", err=True)
-            sys.exit(USER_ERROR_EXIT)
+            _fail(ctx, exc)
+        except OSError as exc:
+            # A copy or rename names its destination second: that is what was written.
+            written = exc.filename2 or exc.filename
+            if exc.errno not in _MACHINE_ERRNOS or not written:
+                raise
+            _fail(ctx, write_error(exc, written, "write"))
+
+
+def _fail(ctx: click.Context, exc: InitkitError) -> NoReturn:
+    click.echo(f"{ctx.find_root().info_name}: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
 
 
 class Group(_ReportsUserErrors, click.Group):
