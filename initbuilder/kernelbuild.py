@@ -39,6 +39,7 @@ from initkit import process
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
 from initkit.errors import writing
 from initkit.files import (
+    check_temp_base,
     identity_or_missing,
     remember,
     remove_tree,
@@ -136,6 +137,7 @@ def build_kernel(
     wanted = wanted_options(all_fragments)  # a bad fragment fails before apt or make run
     if not rebuild and (found := lookup(source, fragments)) is not None:
         return found  # no package checks, no unpacking: the second call is instant
+    check_temp_base()  # apt's and gcc's temporary files go there
     src = given_source(source) if source is not None else debian_source()
     key = cache_key(src.ident, wanted, compiler_version())
     entry = cache_dir("kernel-built") / key
@@ -251,6 +253,7 @@ def configure_only(source: Path | None, fragments: Sequence[Path], objects: Path
     """Configure ``source`` into the object tree ``objects`` and check the fragments,
     without compiling; returns the .config (tests use it: seconds instead of minutes)."""
     wanted = wanted_options(fragments_with_default(fragments))
+    check_temp_base()  # apt's and gcc's temporary files go there
     src = given_source(source) if source is not None else debian_source()
     objects.mkdir(parents=True, exist_ok=True)
     _configure(src, objects, wanted, BuildProgress(report, objects, False))

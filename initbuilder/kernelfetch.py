@@ -24,7 +24,7 @@ from pathlib import Path
 from initkit import process
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
 from initkit.errors import InitkitError
-from initkit.files import scratch_beside
+from initkit.files import check_temp_base, scratch_beside
 
 log = logging.getLogger("initkit.kernelfetch")
 
@@ -285,6 +285,7 @@ def _load(directory: Path) -> FetchedKernel | None:
 
 
 def _download_and_unpack(root: Path, package: str, apt: AptSource) -> FetchedKernel:
+    check_temp_base()  # apt's and dpkg-deb's temporary files go there
     with scratch_beside(root / package, what="the download", instead=CACHE_ELSEWHERE) as work:
         log.info("downloading %s", package)
         process.run(
@@ -305,6 +306,7 @@ def unpack_kernel_deb(deb: Path, cache: Path | None = None) -> FetchedKernel:
     is already there, or another process unpacks it at the same time, the first copy wins."""
     root = Path(cache) if cache is not None else kernels_dir()
     root.mkdir(parents=True, exist_ok=True)
+    check_temp_base()  # dpkg-deb unpacks even the control fields there
     package = _deb_field(deb, "Package")
     _check_package_name(package)
     final = root / package

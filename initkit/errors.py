@@ -48,14 +48,16 @@ def reading(path: str | os.PathLike[str], what: str = "") -> Iterator[None]:
 
 
 @contextmanager
-def writing(path: str | os.PathLike[str], doing: str, *, instead: str = "") -> Iterator[None]:
+def writing(path: str | os.PathLike[str], doing: str, *, instead: str = "",
+            inside: bool = False) -> Iterator[None]:
     """Turn the OSError of creating or writing ``path`` into one line: what was being
     done (``doing``, e.g. "write the initrd"), the cause, and the fix; ``instead`` is
-    the way around it ("pass another -o", "set $TMPDIR to another directory")."""
+    the way around it ("pass another -o", "set $TMPDIR to another directory").
+    ``inside``: ``path`` is the directory something new is made in, not the new thing."""
     try:
         yield
     except OSError as exc:
-        raise write_error(exc, path, doing, instead=instead) from exc
+        raise write_error(exc, path, doing, instead=instead, inside=inside) from exc
 
 
 # Resources the machine ran out of: nothing about the path is wrong.
@@ -64,11 +66,13 @@ _ENVIRONMENT = {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EN
 
 
 def write_error(exc: OSError, path: str | os.PathLike[str], doing: str, *,
-                instead: str = "") -> InitkitError:
+                instead: str = "", inside: bool = False) -> InitkitError:
     """The InitkitError (EnvironmentFault for a resource the machine ran out of) that
-    says why writing ``path`` failed with ``exc`` and what to do about it."""
+    says why writing ``path`` (or, ``inside``, making something in the directory
+    ``path``) failed with ``exc`` and what to do about it."""
     where = os.fspath(path)
-    cause, fix = _explain(exc, os.path.abspath(where))
+    full = os.path.abspath(where)
+    cause, fix = _explain(exc, full if inside else os.path.dirname(full))
     if not os.path.isabs(where):  # name the other paths as the user did: relative
         cause = cause.replace(os.getcwd() + os.sep, "")
     fix = f"{fix}, or {instead}" if fix and instead else fix or instead
@@ -77,10 +81,10 @@ def write_error(exc: OSError, path: str | os.PathLike[str], doing: str, *,
     return kind(message)
 
 
-def _explain(exc: OSError, path: str) -> tuple[str, str]:
-    """(cause, fix) for the OSError of writing ``path`` (absolute)."""
+def _explain(exc: OSError, parent: str) -> tuple[str, str]:
+    """(cause, fix) for the OSError of making something in the directory ``parent``
+    (absolute)."""
     code = exc.errno
-    parent = os.path.dirname(path)
     if code in (errno.ENOSPC, errno.EDQUOT):
         fs = _filesystem(parent)
         if code == errno.EDQUOT:
