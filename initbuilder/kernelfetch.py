@@ -23,7 +23,7 @@ from pathlib import Path
 
 from initkit import process
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
-from initkit.errors import InitkitError
+from initkit.errors import InitkitError, writing
 from initkit.files import check_temp_base, scratch_beside
 
 log = logging.getLogger("initkit.kernelfetch")
@@ -61,6 +61,16 @@ def kernels_dir() -> Path:
     return cache_dir("kernels")
 
 
+def _kernels_root(cache: Path | None) -> Path:
+    """``cache`` (--cache), created if missing, else kernels_dir()."""
+    if cache is None:
+        return kernels_dir()
+    root = Path(cache)
+    with writing(root, "create the kernel directory", instead="pass another --cache"):
+        root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def running_release() -> str | None:
     """The Debian release this machine runs (bookworm, trixie), or None elsewhere."""
     try:
@@ -84,8 +94,7 @@ def fetch_debian_kernel(
     $INITKIT_KERNEL_PACKAGE, else the newest cached kernel of that release, else the one
     ``linux-image-amd64`` depends on (always apt's current one with ``refresh``).
     """
-    root = Path(cache) if cache is not None else kernels_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    root = _kernels_root(cache)
     if release is not None and release not in RELEASES:
         raise InitkitError(f"release {release!r} is not known; use one of "
                            f"{', '.join(RELEASES)}")
@@ -304,8 +313,7 @@ def _download_and_unpack(root: Path, package: str, apt: AptSource) -> FetchedKer
 def unpack_kernel_deb(deb: Path, cache: Path | None = None) -> FetchedKernel:
     """Unpack a kernel .deb into the cache (no scripts run) and return it; when the package
     is already there, or another process unpacks it at the same time, the first copy wins."""
-    root = Path(cache) if cache is not None else kernels_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    root = _kernels_root(cache)
     check_temp_base()  # dpkg-deb unpacks even the control fields there
     package = _deb_field(deb, "Package")
     _check_package_name(package)
