@@ -26,9 +26,13 @@ _SOCKET_ROOM = 107 - len("/hostrun-12345678/virtiofs.sock")
 
 def base_dir() -> str:
     """Where private directories go: $TMPDIR (initkit.files.temp_base: a bad one is an
-    error, not /tmp), or /tmp when it is too long for a socket path under it."""
+    error, not /tmp), or /tmp when it is too long for a socket path under it and would
+    do otherwise (a bad one is refused all the same)."""
     base = temp_base()
-    return base if len(os.fsencode(base)) <= _SOCKET_ROOM else "/tmp"
+    if len(os.fsencode(base)) <= _SOCKET_ROOM:
+        return base
+    usable = os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK)
+    return "/tmp" if usable else base
 
 
 def private_dir() -> Path:

@@ -133,3 +133,21 @@ def test_the_marker_names_this_process(tmp_path: Path, monkeypatch: pytest.Monke
     assert made.name.startswith(PREFIX) and made.stat().st_mode & 0o777 == 0o700
     assert Owner.parse((made / MARKER).read_text()) == Owner.current()
     assert reap_abandoned(str(tmp_path)) == [] and made.exists()  # alive: kept
+
+
+def test_a_tmpdir_too_long_for_the_socket_gives_tmp_unless_it_is_bad(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from hostrun.workdir import base_dir
+    from initkit.errors import InitkitError
+
+    long = tmp_path / ("d" * 100)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setenv("TMPDIR", str(long))
+    assert base_dir() == "/tmp"  # the socket's path would not fit under it
+    monkeypatch.setenv("TMPDIR", str(long / "missing"))
+    assert base_dir() == str(long / "missing")
+    with pytest.raises(InitkitError, match=f"directory {long / 'missing'} does not exist"):
+        private_dir()
