@@ -23,7 +23,7 @@ from pathlib import Path
 
 from initkit import process
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
-from initkit.errors import InitkitError, writing
+from initkit.errors import InitkitError, WriteSite, writing
 from initkit.files import check_temp_base, scratch_beside
 
 log = logging.getLogger("initkit.kernelfetch")
@@ -303,6 +303,8 @@ def _download_and_unpack(root: Path, package: str, apt: AptSource) -> FetchedKer
             timeout=900,
             hint=f"check that apt knows {package} (apt-cache policy {package}) "
             "and that the mirror is reachable",
+            writes=WriteSite(root / package, "download the kernel package into",
+                             CACHE_ELSEWHERE),
         )
         debs = sorted(work.glob("*.deb"))
         if len(debs) != 1:
@@ -322,17 +324,19 @@ def unpack_kernel_deb(deb: Path, cache: Path | None = None) -> FetchedKernel:
     if found is not None:
         return found
     package_version = _deb_field(deb, "Version")
+    site = WriteSite(final, "unpack the kernel package into", CACHE_ELSEWHERE)
     with scratch_beside(final, what="the kernel package", instead=CACHE_ELSEWHERE) as tmp:
         tree = tmp / "tree"
         log.info("unpacking %s", deb.name)
         process.run(["dpkg-deb", "-x", deb, tree], timeout=600,
-                    hint="dpkg-deb is part of dpkg; install it")
+                    hint="dpkg-deb is part of dpkg; install it", writes=site)
         version = _kernel_release(tree, package)
-        (tree / _STAMP).write_text(json.dumps({
-            "package": package,
-            "package_version": package_version,
-            "version": version,
-        }, indent=1) + "\n")
+        with writing(site.path, site.doing, instead=site.instead):
+            (tree / _STAMP).write_text(json.dumps({
+                "package": package,
+                "package_version": package_version,
+                "version": version,
+            }, indent=1) + "\n")
         try:
             tree.rename(final)
         except OSError as exc:

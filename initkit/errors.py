@@ -7,6 +7,7 @@ import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 USER_ERROR_EXIT = 2  # a flag, an input or a path of the user's is wrong: they can fix it
 ENVIRONMENT_EXIT = 120  # the machine ran short: a full disk, a quota, open files, I/O
@@ -79,6 +80,54 @@ def write_error(exc: OSError, path: str | os.PathLike[str], doing: str, *,
     message = f"cannot {doing} {where}: {cause}" + (f"; {fix}" if fix else "")
     kind = EnvironmentFault if exc.errno in _ENVIRONMENT else InitkitError
     return kind(message)
+
+
+@dataclass(frozen=True)
+class WriteSite:
+    """Where a program initkit runs writes (dpkg-deb, tar, make, strip), to explain its
+    failure when the machine, not the input, is why: ``path``, ``doing``, ``instead``
+    and ``inside`` as writing() takes them."""
+
+    path: str | os.PathLike[str]
+    doing: str
+    instead: str = ""
+    inside: bool = False
+
+    def fault(self, output: str) -> InitkitError | None:
+        """The error for the program that failed with ``output`` (its stderr), if the
+        machine ran short: the output names such a fault in the C locale's words (the
+        program's own last line often does not: "tar subprocess returned error exit
+        status 2"), or the filesystem written to is full or read-only now."""
+        code = next((c for c in _TOOL_FAULTS if os.strerror(c) in output), None)
+        if code is None:
+            code = _filesystem_fault(os.path.abspath(self.path))
+        if code is None:
+            return None
+        return write_error(OSError(code, os.strerror(code)), self.path, self.doing,
+                           instead=self.instead, inside=self.inside)
+
+
+# What a program says when the machine stops it (most specific first: "Too many open
+# files in system" holds "Too many open files").
+_TOOL_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENFILE, errno.EMFILE,
+                errno.EIO)
+
+
+def _filesystem_fault(path: str) -> int | None:
+    """ENOSPC if the filesystem holding ``path`` has no block or no inode left for its
+    user, EROFS if it is mounted read-only, else None."""
+    current = path
+    while not os.path.exists(current) and os.path.dirname(current) != current:
+        current = os.path.dirname(current)
+    try:
+        st = os.statvfs(current)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if (st.f_blocks and st.f_bavail == 0) or (st.f_files and st.f_favail == 0):
+        return errno.ENOSPC
+    return None
 
 
 def _explain(exc: OSError, parent: str) -> tuple[str, str]:
