@@ -42,6 +42,11 @@ def reading(path: str | os.PathLike[str], what: str = "") -> Iterator[None]:
         raise InitkitError(f"{label}: no such file") from None
     except IsADirectoryError:
         raise InitkitError(f"{label}: is a directory where a file is expected") from None
+    except NotADirectoryError:
+        blocker = _first_non_directory(os.path.dirname(os.path.abspath(path))) or "a part"
+        if not os.path.isabs(path):  # as the user named it
+            blocker = blocker.replace(os.getcwd() + os.sep, "")
+        raise InitkitError(f"{label}: {blocker} is not a directory") from None
     except PermissionError:
         raise InitkitError(f"{label}: permission denied") from None
     except OSError as exc:

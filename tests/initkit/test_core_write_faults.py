@@ -245,3 +245,13 @@ except InitkitError as exc:
     assert proc.stdout.strip() == (f"{ENVIRONMENT_EXIT} cannot fill {tmp_path / 'full'}: no "
                                    f"space left on {tmp_path / 'full'} (tmpfs); free some "
                                    "space there"), proc
+
+
+def test_reading_below_a_file_names_the_file(tmp_path: Path) -> None:
+    from initkit.errors import InitkitError, reading
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InitkitError) as caught, reading(tmp_path / "file" / "x.cpio", "initrd"):
+        (tmp_path / "file" / "x.cpio").read_bytes()
+    assert str(caught.value) == (f"initrd {tmp_path / 'file' / 'x.cpio'}: {tmp_path / 'file'} "
+                                 "is not a directory")
