@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -36,7 +37,8 @@ _KEEP = (_OneLineUsageError, getattr(click.exceptions, "NoArgsIsHelpError", _One
 
 class _ReportsUserErrors:
     """Print InitkitError as one line (no traceback) and exit with its code (2, or 120
-    for an EnvironmentFault); usage errors as one line, exit 2; bugs keep tracebacks."""
+    for an EnvironmentFault); usage errors as one line, exit 2; ^C as 130; bugs keep
+    tracebacks."""
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
@@ -56,6 +58,11 @@ class _ReportsUserErrors:
             raise _OneLineUsageError(exc.format_message(), exc.ctx or ctx) from None
         except InitkitError as exc:
             _fail(ctx, exc)
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1; a shell's ^C code, as hostrun's
+            # own handler gives once the VM runs.
+            click.echo(f"{ctx.find_root().info_name}: interrupted", err=True)
+            sys.exit(128 + signal.SIGINT)
         except OSError as exc:
             # A copy or rename names its destination second: that is what was written.
             written = exc.filename2 or exc.filename

@@ -36,6 +36,13 @@ def test_user_errors_exit_2_and_machine_faults_120() -> None:
     assert ExitCode.USER_ERROR == USER_ERROR_EXIT and ExitCode.ENVIRONMENT == ENVIRONMENT_EXIT
 
 
+def test_ctrl_c_is_one_line_and_a_shell_s_code() -> None:
+    """click would say "Aborted!" and exit 1: a ^C that lands before hostrun's own
+    handler is up (while it plans the run) gave the soak a code no table documents."""
+    result = _invoke(KeyboardInterrupt())
+    assert (result.exit_code, result.output) == (130, "tool: interrupted\n")
+
+
 def test_an_unexplained_full_disk_is_still_one_line() -> None:
     copy = OSError(errno.ENOSPC, "No space left on device", "/src/file", None, "/dst/file")
     result = _invoke(copy)
