@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from initbuilder.cache import cache_dir
-from initbuilder.closure import Resolver
-from initbuilder.elf import is_elf_file
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image
+from initbuilder.loader.closure import Resolver
+from initbuilder.loader.elf import is_elf_file
 from initbuilder.process import run
 
 log = logging.getLogger("initkit.runtime")

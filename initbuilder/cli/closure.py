@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 import click
 
 from initbuilder.cli.framework import Command, setup_logging
-from initbuilder.closure import Closure, LoadedObject, Resolver
 from initbuilder.errors import InitkitError
-from initbuilder.search import DLOPEN_LEVELS
+from initbuilder.loader.closure import Closure, LoadedObject, Resolver
+from initbuilder.loader.search import DLOPEN_LEVELS
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INDENT = "    "

@@ -14,15 +14,15 @@ import pytest
 from elf_fixtures import Builder, host_is_x86_64_glibc, host_libc_tree
 from realparts import missing_part, unpack_with_cpio
 
-from initbuilder.binaries import BinaryAdder
-from initbuilder.closure import Resolver, add_binaries
 from initbuilder.cpio import write_initrd
-from initbuilder.elf import read_elf
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
-from initbuilder.nixstore import StoreRelocation
+from initbuilder.loader.binaries import BinaryAdder
+from initbuilder.loader.closure import Resolver, add_binaries
+from initbuilder.loader.elf import read_elf
+from initbuilder.loader.nixstore import StoreRelocation
+from initbuilder.loader.sysroot import Sysroot
 from initbuilder.sources import add_skeleton
-from initbuilder.sysroot import Sysroot
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -12,10 +12,10 @@ import pytest
 from elf_fixtures import Builder, host_libc_tree, parse_trace
 from realparts import missing_part
 
-from initbuilder.closure import Resolver
 from initbuilder.errors import InitkitError
-from initbuilder.ldconfig import LdCache, read_conf
-from initbuilder.sysroot import Sysroot
+from initbuilder.loader.closure import Resolver
+from initbuilder.loader.ldconfig import LdCache, read_conf
+from initbuilder.loader.sysroot import Sysroot
 
 
 def test_ld_so_conf_includes_comments_and_old_syntax(tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ from elf_fixtures import (
     set_machine,
 )
 
-from initbuilder.closure import Resolver, resolve_closure
-from initbuilder.elf import read_elf
-from initbuilder.ldso import active_hwcaps
+from initbuilder.loader.closure import Resolver, resolve_closure
+from initbuilder.loader.elf import read_elf
+from initbuilder.loader.ldso import active_hwcaps
 
 
 def paths(closure, name: str) -> str:

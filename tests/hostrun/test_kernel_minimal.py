@@ -11,7 +11,7 @@ from realparts import missing_part
 
 from hostrun.plan import KERNEL_ENV, find_kernel
 from initbuilder.errors import InitkitError
-from initbuilder.kernelbuild import lookup
+from initbuilder.kernels.build import lookup
 
 
 @pytest.fixture(scope="module")

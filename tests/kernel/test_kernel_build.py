@@ -13,9 +13,9 @@ from realparts import missing_part
 
 from initbuilder.cache import cache_dir
 from initbuilder.errors import InitkitError
-from initbuilder.kernelbuild import configure_only, lookup
-from initbuilder.kernelconfig import parse_config
-from initbuilder.kernelsource import installed_debian_source
+from initbuilder.kernels.build import configure_only, lookup
+from initbuilder.kernels.config import parse_config
+from initbuilder.kernels.source import installed_debian_source
 
 # Set on the CI leg that boots a minimal kernel built on another machine (tests/e2e):
 # this machine then has no build of its own, only its release's source, configured by

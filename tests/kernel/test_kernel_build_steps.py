@@ -16,8 +16,8 @@ import pytest
 from realparts import missing_part, need
 
 from initbuilder.errors import InitkitError
-from initbuilder.kernelbuild import build_kernel, lookup
-from initbuilder.kernelsource import BUILD_PACKAGES, missing_packages
+from initbuilder.kernels.build import build_kernel, lookup
+from initbuilder.kernels.source import BUILD_PACKAGES, missing_packages
 
 # $(O) is the object tree; every make run is counted in $(O)/runs. BZIMAGE=fail,
 # BZIMAGE=hang and BZIMAGE=slow (in the environment) change the compile on purpose.

@@ -12,7 +12,7 @@ from synthetic_kernel import VERSION, ModuleTreeBuilder, make_bzimage
 
 from initbuilder.cli.framework import Command
 from initbuilder.cli.kernel import kernel, kernel_options
-from initbuilder.kernelfetch import FetchedKernel
+from initbuilder.kernels.fetch import FetchedKernel
 
 
 def invoke(*args: str) -> click.testing.Result:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from initbuilder.errors import InitkitError
-from initbuilder.kernelconfig import (
+from initbuilder.kernels.config import (
     FRAGMENT,
     NOT_SET,
     check,

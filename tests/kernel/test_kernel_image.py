@@ -9,7 +9,7 @@ import pytest
 from synthetic_kernel import PAYLOAD_COMPRESSORS, VERSION, make_bzimage, pipe
 
 from initbuilder.errors import InitkitError
-from initbuilder.kernel import (
+from initbuilder.kernels.formats import (
     ARM64_IMAGE,
     BZIMAGE,
     ELF_VMLINUX,

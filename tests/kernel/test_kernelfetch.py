@@ -12,7 +12,7 @@ import pytest
 from realparts import missing_part, need
 
 from initbuilder.errors import InitkitError
-from initbuilder.kernelfetch import (
+from initbuilder.kernels.fetch import (
     DEFAULT_PACKAGE_RE,
     RELEASES,
     AptSource,

@@ -13,9 +13,9 @@ from synthetic_kernel import MODULE_COMPRESSORS, pipe
 
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image
-from initbuilder.kernelfetch import FetchedKernel
-from initbuilder.modinfo import read_module_bytes
-from initbuilder.modules import DEFAULT_MODULES, ModuleTree, add_modules, resolve
+from initbuilder.kernels.fetch import FetchedKernel
+from initbuilder.kernels.modinfo import read_module_bytes
+from initbuilder.kernels.modules import DEFAULT_MODULES, ModuleTree, add_modules, resolve
 
 INIT = b"""#!/bin/sh
 mount -t proc proc /proc

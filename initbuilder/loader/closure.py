@@ -4,7 +4,7 @@ Follows glibc's ld.so without running anything: breadth-first loading of DT_NEED
 reuse of an object already loaded under the requested name, its path, its SONAME or
 as the same file; per name the search order DT_RPATH chain, LD_LIBRARY_PATH, DT_RUNPATH,
 ld.so.cache, default directories, each directory tried in its active glibc-hwcaps
-subdirectories first. The rules live in initbuilder.search; this module holds the
+subdirectories first. The rules live in initbuilder.loader.search; this module holds the
 caches shared by many resolutions and the public entry points. docs/closure.md lists
 every rule and where ldd differs.
 """
@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from initbuilder.elf import ElfError, ElfInfo, read_elf
 from initbuilder.errors import InitkitError
-from initbuilder.ldconfig import ConfIndex, LdCache, read_conf
-from initbuilder.ldso import LoaderFacts, loader_facts
-from initbuilder.linkmap import Closure, LoadedObject, Missing
-from initbuilder.search import DLOPEN_LEVELS, Search
-from initbuilder.sysroot import Sysroot
+from initbuilder.loader.elf import ElfError, ElfInfo, read_elf
+from initbuilder.loader.ldconfig import ConfIndex, LdCache, read_conf
+from initbuilder.loader.ldso import LoaderFacts, loader_facts
+from initbuilder.loader.linkmap import Closure, LoadedObject, Missing
+from initbuilder.loader.search import DLOPEN_LEVELS, Search
+from initbuilder.loader.sysroot import Sysroot
 
 if TYPE_CHECKING:
     from initbuilder.image import Image
@@ -169,7 +169,7 @@ def add_binaries(image: Image, names: Sequence[str], *, root: Path | None = None
     """Add each binary (NAME looked up on PATH, PATH as is; shebang scripts with their
     interpreter; shared objects too) with its interpreter and closure to ``image``;
     return the guest paths to invoke them by, in order."""
-    from initbuilder.binaries import BinaryAdder
+    from initbuilder.loader.binaries import BinaryAdder
 
     adder = BinaryAdder(image, Resolver(root, library_path, dlopen), allow_missing=allow_missing)
     return [adder.add(name) for name in names]

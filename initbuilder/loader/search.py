@@ -12,12 +12,12 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING
 
-from initbuilder.elf import DlopenFeature, ElfInfo
-from initbuilder.linkmap import Closure, Edge, LinkMap, LoadedObject, UnmetFeature
+from initbuilder.loader.elf import DlopenFeature, ElfInfo
+from initbuilder.loader.linkmap import Closure, Edge, LinkMap, LoadedObject, UnmetFeature
 
 if TYPE_CHECKING:
-    from initbuilder.closure import Probe, Resolver
-    from initbuilder.ldso import LoaderFacts
+    from initbuilder.loader.closure import Probe, Resolver
+    from initbuilder.loader.ldso import LoaderFacts
 
 DLOPEN_LEVELS = {"none": 0, "required": 1, "recommended": 2, "suggested": 3}
 _VALID_OSABI = ("ELFOSABI_SYSV", "ELFOSABI_LINUX")

@@ -27,10 +27,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import kernelconfig, process
+from initbuilder import process
 from initbuilder.cache import cache_dir
-from initbuilder.kernelprogress import BuildProgress
-from initbuilder.kernelsource import (
+from initbuilder.kernels import config as kernelconfig
+from initbuilder.kernels.progress import BuildProgress
+from initbuilder.kernels.source import (
     KernelSource,
     debian_source,
     given_source,

@@ -18,9 +18,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import decompress, elf
 from initbuilder.cache import cache_dir
 from initbuilder.errors import InitkitError, reading
+from initbuilder.kernels import decompress
+from initbuilder.loader import elf
 
 log = logging.getLogger("initkit.kernel")
 

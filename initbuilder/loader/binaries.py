@@ -3,7 +3,7 @@
 Every file lands at the path the loader opens it by, and every symlink met on the way
 is kept as a symlink (with what it points to), so the guest loader walks the same
 paths the host one does. Shebang scripts bring their interpreter (and, for
-``#!/usr/bin/env NAME``, NAME). Files from /nix/store are relocated (initbuilder.nixstore).
+``#!/usr/bin/env NAME``, NAME). Files from /nix/store are relocated (initbuilder.loader.nixstore).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import os
 import posixpath
 import stat
 
-from initbuilder.closure import Resolver
-from initbuilder.elf import is_elf
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
-from initbuilder.linkmap import Closure, LoadedObject
-from initbuilder.nixstore import StoreRelocation, rewritten_copy
+from initbuilder.loader.closure import Resolver
+from initbuilder.loader.elf import is_elf
+from initbuilder.loader.linkmap import Closure, LoadedObject
+from initbuilder.loader.nixstore import StoreRelocation, rewritten_copy
 
 log = logging.getLogger("initkit.closure")
 

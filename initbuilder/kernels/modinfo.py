@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import decompress, elf
 from initbuilder.errors import InitkitError, reading
+from initbuilder.kernels import decompress
+from initbuilder.loader import elf
 
 # Module file suffix -> compression, longest first so ".ko.zst" is not taken for ".ko".
 MODULE_SUFFIXES: tuple[tuple[str, str | None], ...] = (
