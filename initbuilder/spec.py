@@ -85,7 +85,7 @@ def build_image(spec: BuildSpec, phases: _Phases | None = None) -> tuple[Image, 
             _add_busybox(image, busybox, spec)
     if spec.binaries:
         with timed("binaries"):
-            from initbuilder.loader.closure import add_binaries
+            from initbuilder.loader.binaries import add_binaries
 
             add_binaries(image, spec.binaries, root=spec.root, library_path=spec.library_path,
                          dlopen=spec.dlopen, allow_missing=spec.allow_missing)
@@ -166,7 +166,7 @@ def _add_busybox(image: Image, busybox: Path, spec: BuildSpec) -> None:
 
     sources.add_busybox(image, busybox, links_at_boot=spec.init)
     if read_elf(str(busybox)).interpreter:
-        from initbuilder.loader.closure import add_binaries
+        from initbuilder.loader.binaries import add_binaries
 
         add_binaries(image, [str(busybox)], root=spec.root, library_path=spec.library_path,
                      allow_missing=spec.allow_missing)

@@ -13,6 +13,8 @@ import logging
 import os
 import posixpath
 import stat
+from collections.abc import Sequence
+from pathlib import Path
 
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
@@ -27,6 +29,16 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_LINK_HOPS = 40
 _MAX_INTERPRETER_DEPTH = 4  # the kernel's limit on nested #! interpreters
 _SHEBANG_MAX = 256
+
+
+def add_binaries(image: Image, names: Sequence[str], *, root: Path | None = None,
+                 library_path: Sequence[str] = (), dlopen: str = "recommended",
+                 allow_missing: bool = False) -> list[str]:
+    """Add each binary (NAME looked up on PATH, PATH as is; shebang scripts with their
+    interpreter; shared objects too) with its interpreter and closure to ``image``;
+    return the guest paths to invoke them by, in order."""
+    adder = BinaryAdder(image, Resolver(root, library_path, dlopen), allow_missing=allow_missing)
+    return [adder.add(name) for name in names]
 
 
 class BinaryAdder:
@@ -253,8 +265,8 @@ class BinaryAdder:
 
     def _rewrite(self, host: str, host_at: str) -> os.PathLike[str] | None:
         """A copy with store paths relocated, when the loader would read any."""
-        probe = self.resolver.probe(host_at) if not self.root.is_host else \
-            self.resolver.probe(host)
+        probe = self.resolver.tree.probe(host_at) if not self.root.is_host else \
+            self.resolver.tree.probe(host)
         with open(host, "rb") as f:
             head = f.read(_SHEBANG_MAX)
             if head.startswith(b"#!"):

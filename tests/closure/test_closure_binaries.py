@@ -17,8 +17,8 @@ from realparts import missing_part, unpack_with_cpio
 from initbuilder.cpio import write_initrd
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
-from initbuilder.loader.binaries import BinaryAdder
-from initbuilder.loader.closure import Resolver, add_binaries
+from initbuilder.loader.binaries import BinaryAdder, add_binaries
+from initbuilder.loader.closure import Resolver
 from initbuilder.loader.elf import read_elf
 from initbuilder.loader.nixstore import StoreRelocation
 from initbuilder.loader.sysroot import Sysroot
