@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from initbuilder.errors import InitkitError
+from initbuilder.hostfiles import HostFiles
 from initbuilder.image import Entry, Image, Kind
 from initbuilder.process import run
 
@@ -32,7 +33,7 @@ def add_skeleton(image: Image) -> None:
     for path, mode in SKELETON_DIRS.items():
         image.add_directory(path, mode, source="skeleton", weak=True)
     for path, (major, minor, mode) in SKELETON_NODES.items():
-        image.add_device(path, "c", major, minor, mode, source="skeleton", weak=True)
+        image.add_device(path, Kind.CHAR, major, minor, mode, source="skeleton", weak=True)
 
 
 def parse_file_spec(spec: str) -> tuple[Path, str]:
@@ -53,9 +54,10 @@ def parse_file_spec(spec: str) -> tuple[Path, str]:
 
 def add_files(image: Image, specs: list[str]) -> None:
     """Add each ``--file HOST[:GUEST]``: files, symlinks as symlinks, directories recursively."""
+    files = HostFiles(image)
     for spec in specs:
         host, guest = parse_file_spec(spec)
-        rel = image.add_host_path(host, guest, source=f"--file {spec}")
+        rel = files.copy(host, guest, source=f"--file {spec}")
         log.info("added /%s from %s", rel, host)
 
 

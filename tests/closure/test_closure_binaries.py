@@ -128,7 +128,7 @@ def test_name_lookup_and_errors(build: Builder, monkeypatch: pytest.MonkeyPatch,
                                            rf"{root}/bin/prog -> libmid.so -> "
                                            r"libnothere.so.3\); .*--allow-missing"):
         add_binaries(Image(), ["prog"])
-    caplog.set_level(logging.INFO, logger="initkit.closure")
+    caplog.set_level(logging.INFO, logger="initkit")
     image = Image()
     assert add_binaries(image, ["prog"], allow_missing=True) == [f"{root}/bin/prog"]
     assert "continuing without it" in caplog.text
