@@ -1,4 +1,5 @@
-"""The simple sources of an initrd's entries: the base skeleton, user files, busybox."""
+"""The simple sources of an initrd's entries: the base skeleton, base archives, user
+files, busybox."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from initbuilder.errors import InitkitError
 from initbuilder.hostfiles import HostFiles
 from initbuilder.image import Entry, Image, Kind
 from initbuilder.process import run
+from initbuilder.reader import ArchiveMember, read_initrd
 
 log = logging.getLogger("initkit.sources")
 
@@ -34,6 +36,39 @@ def add_skeleton(image: Image) -> None:
         image.add_directory(path, mode, source="skeleton", weak=True)
     for path, (major, minor, mode) in SKELETON_NODES.items():
         image.add_device(path, Kind.CHAR, major, minor, mode, source="skeleton", weak=True)
+
+
+def add_initrd(image: Image, path: str | os.PathLike[str]) -> int:
+    """Merge an existing initrd into ``image`` (the --base option); return the number of
+    entries taken. Entries with absolute or '..' paths are refused."""
+    src = Path(path)
+    count = 0
+    links: list[ArchiveMember] = []
+    for rec in read_initrd(src, with_data=True):
+        name = rec.path
+        if name in (".", "./", ""):
+            continue
+        if name.startswith("/") or ".." in name.split("/"):
+            raise InitkitError(
+                f"{src}: refusing entry {name!r}: absolute and '..' paths could write "
+                "outside the initrd root; rebuild the base archive with relative paths"
+            )
+        label = f"{src}:{name}"
+        if rec.kind is Kind.HARDLINK:
+            links.append(rec)
+            continue
+        if rec.kind is Kind.FILE:
+            image.add_file(name, data=rec.data or b"", mode=rec.mode, uid=rec.uid, gid=rec.gid,
+                           source=label)
+        else:
+            image.add(name, Entry(rec.kind, rec.mode, rec.uid, rec.gid, target=rec.target,
+                                  major=rec.major, minor=rec.minor, source=label))
+        count += 1
+    for rec in links:
+        assert rec.target is not None
+        image.add_hardlink(rec.path, rec.target, source=f"{src}:{rec.path}")
+        count += 1
+    return count
 
 
 def parse_file_spec(spec: str) -> tuple[Path, str]:

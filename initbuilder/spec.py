@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from initbuilder import cpio, reader, sources
+from initbuilder import cpio, sources
 from initbuilder.cache import cache_dir
 from initbuilder.image import Image
 
@@ -74,7 +74,7 @@ def build_image(spec: BuildSpec, phases: _Phases | None = None) -> tuple[Image, 
     if spec.bases:
         with timed("bases"):
             for base in spec.bases:
-                count = reader.add_initrd(image, base)
+                count = sources.add_initrd(image, base)
                 log.info("merged %d entries from base %s", count, base)
     if spec.files:
         with timed("files"):

@@ -14,8 +14,8 @@ from realparts import need, unpack_with_cpio
 from initbuilder.cpio import COMPRESSIONS, write_initrd
 from initbuilder.errors import InitkitError
 from initbuilder.image import Image, Kind
-from initbuilder.reader import add_initrd, read_initrd
-from initbuilder.sources import add_skeleton
+from initbuilder.reader import read_initrd
+from initbuilder.sources import add_initrd, add_skeleton
 
 
 def sample_image(tmp_path: Path) -> Image:
