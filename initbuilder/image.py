@@ -250,10 +250,12 @@ class Image:
         uid: int = 0,
         gid: int = 0,
         source: str = "",
+        weak: bool = False,
     ) -> str:
         """Add a regular file from a host path (read at write time) or from bytes.
 
-        Without ``mode`` a host file keeps its permission bits, bytes get 0644.
+        Without ``mode`` a host file keeps its permission bits, bytes get 0644. A weak
+        file is a default that an explicit entry at its path replaces.
         """
         if (host is None) == (data is None):
             raise ValueError("add_file needs exactly one of host= or data=")
@@ -266,7 +268,7 @@ class Image:
         if mode is None:
             mode = 0o644
         entry = Entry(Kind.FILE, mode & 0o7777, uid, gid, host=host_path, data=data,
-                      source=source or (str(host_path) if host_path else ""))
+                      source=source or (str(host_path) if host_path else ""), weak=weak)
         return self.add(path, entry)
 
     def add_symlink(self, path: str, target: str, *, uid: int = 0, gid: int = 0,

@@ -97,8 +97,11 @@ def add_runtime(image: Image, *, python: Path | None = None) -> None:
     runtime = collect(python)
     resolver = Resolver()
     files = HostFiles(image)
+    # The runtime's ELF files are stripped copies: weak, so that the same file added
+    # by the user (--binary python3, whose closure packs the original) wins instead of
+    # being a conflict of two versions of one library.
     image.add_file(runtime.interpreter, host=_packed(files, resolver, runtime.executable),
-                   mode=0o755, source=f"{_SOURCE}: {runtime.executable}")
+                   mode=0o755, source=f"{_SOURCE}: {runtime.executable}", weak=True)
     # getpath wants lib-dynload to exist (the exec_prefix landmark), used or not.
     image.add_directory(f"{runtime.libdir}/lib-dynload", source=_SOURCE)
     elf_files = [runtime.executable]
@@ -108,7 +111,7 @@ def add_runtime(image: Image, *, python: Path | None = None) -> None:
         src = f"{_SOURCE}: {module.name}"
         if module.kind == "extension":
             image.add_file(module.guest, host=_packed(files, resolver, module.host), mode=0o755,
-                           source=src)
+                           source=src, weak=True)
             elf_files.append(module.host)
         else:
             image.add_file(module.guest, data=module.host.read_bytes(), mode=0o644, source=src)
@@ -148,7 +151,7 @@ def _add_libraries(files: HostFiles, resolver: Resolver, elf: Path) -> None:
             # No link on the way: packed stripped, at the path the RUNPATH names.
             files.image.add_file(files.relocation.relocate(os.path.abspath(obj.path)),
                                  host=_stripped(files.loadable(obj.path, obj.info)),
-                                 source=f"{_SOURCE}: {obj.path}")
+                                 source=f"{_SOURCE}: {obj.path}", weak=True)
         else:
             files.add(obj.path, f"{_SOURCE}: {obj.path}", elf=obj.info)
 
