@@ -254,6 +254,14 @@ def _prefix(name: str) -> str:
 
 
 _TEMP = re.compile(r"(\d+-\d+)-\d+" + re.escape(_SUFFIX))
+_ANY_TEMP = re.compile(r"\..+\." + _TEMP.pattern)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is that of a temp file or scratch directory of some entry
+    (.ENTRY.PID-START-N.tmp): what a writer killed by SIGKILL can leave (bench/soak.py
+    counts them)."""
+    return _ANY_TEMP.fullmatch(name) is not None
 
 
 def _temp_owner(name: str, prefix: str) -> Owner | None:
