@@ -292,7 +292,7 @@ def _inside(name: str, target: str) -> bool:
 
 # -- the battery -----------------------------------------------------------------------
 def _cases() -> list[object]:
-    cases = []
+    cases: list[object] = []
     for command in COMMANDS:
         for kind, concerned in command.kinds.items():
             for env in ENVIRONMENTS:
