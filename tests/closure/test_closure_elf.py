@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from elf_fixtures import Builder
 
-from initbuilder.elf import ElfError, is_elf_file, parse_dlopen_json, read_elf
+from initbuilder.elf import ElfError, image_notes, is_elf_file, parse_dlopen_json, read_elf
 
 
 def test_reads_what_the_loader_needs(build: Builder) -> None:
@@ -41,6 +41,15 @@ def test_32_bit_and_static_files(build: Builder) -> None:
     static = build.exe("bin/static", flags=["-static"])
     sinfo = read_elf(str(static))
     assert not sinfo.needed and sinfo.interpreter is None
+
+
+def test_image_notes_give_the_note_type_as_its_number(build: Builder) -> None:
+    # pyelftools names the types it knows: NT_GNU_BUILD_ID (3), NT_GNU_PROPERTY_TYPE_0 (5).
+    exe = build.exe("bin/noted", flags=["-Wl,--build-id=sha1"])
+    notes = image_notes(exe.read_bytes(), "bin/noted")
+    build_ids = [note for note in notes if note.name == "GNU" and note.type == 3]
+    assert len(build_ids) == 1 and len(build_ids[0].desc) == 20  # a SHA-1
+    assert all(isinstance(note.type, int) for note in notes)
 
 
 def test_system_files() -> None:
