@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-
 from guest import plan as steps
 from guest.cmdline import parse
 from guest.contract import (
@@ -20,7 +18,6 @@ from guest.contract import (
 from guest.system import ShutdownRequested, System
 
 _FIND_CHUNK = 1 << 16
-_NOT_FOUND_ERRNOS = (errno.ENOENT, errno.ENOTDIR)
 
 
 class Outcome:
@@ -105,6 +102,8 @@ def boot(system: System, outcome: Outcome, started: float,
 
 def describe(exc: OSError) -> str:
     """``errno 2 ENOENT (No such file or directory)``: the kernel's errno, spelled out."""
+    import errno  # where errors are reported only: it costs ~2 ms of every boot under TCG
+
     number = exc.errno or 0
     name = errno.errorcode.get(number, "?")
     return f"errno {number} {name} ({exc.strerror})"
@@ -219,7 +218,9 @@ def _spawn(action: steps.Spawn, system: System, debug: bool) -> ExitStatus:
 
 def _exec_failure(program: str, exc: OSError, system: System) -> ExitStatus:
     """A shell's answer to a failed exec: 127 not found, 126 found but not runnable."""
-    code = NOT_FOUND if exc.errno in _NOT_FOUND_ERRNOS else NOT_EXECUTABLE
+    import errno  # see describe()
+
+    code = NOT_FOUND if exc.errno in (errno.ENOENT, errno.ENOTDIR) else NOT_EXECUTABLE
     why = describe(exc)
     if exc.errno == errno.ENOENT and "/" in program and system.exists(program):
         why += "; the file exists, so its ELF interpreter or #! interpreter is missing"
@@ -231,6 +232,8 @@ def _switch_root(action: steps.SwitchRoot, system: System) -> ExitStatus:
     new_root, init = action.new_root, action.argv[0]
     if init.startswith(STORE + "/") and not system.exists(init):
         # Checked before anything is torn down, so a typo leaves a working initrd.
+        import errno  # see describe()
+
         return _exec_failure(init, OSError(errno.ENOENT, "No such file or directory"), system)
     try:
         system.make_dir(new_root)
