@@ -3,7 +3,8 @@
 The one module whose methods touch the OS. Everything goes through posix and libc's
 mount, umount2, syscall, ioctl and reboot, bound by guest.libc through _ctypes; the few
 helpers of os that PID 1 needs are guest.osfuncs (importing os costs at every boot).
-Tests pass a recording fake with the same methods to guest.boot instead.
+guest.boot is written against guest.interface.SystemInterface, which System implements
+and the tests' recording fake imitates.
 """
 
 from __future__ import annotations
