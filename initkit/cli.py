@@ -19,13 +19,14 @@ _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMF
                    errno.ENFILE}
 
 
-class _ReportsUserErrors:
+class _ReportsUserErrors(click.Command):
     """Print InitkitError as one line (no traceback) and exit with its code (2, or 120
-    for an EnvironmentFault); bugs keep tracebacks."""
+    for an EnvironmentFault); bugs keep tracebacks. A mixin before click's Group or
+    Command (a Command itself, so that its super().invoke is one)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)  # type: ignore[misc]
+            return super().invoke(ctx)
         except InitkitError as exc:
             _fail(ctx, exc)
         except OSError as exc:
