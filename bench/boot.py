@@ -36,9 +36,9 @@ from hostrun import hostcpu
 from hostrun.action import Action, kernel_cmdline
 from hostrun.virtiofs import choose_daemon
 from hostrun.vmm import BootConfig, Qemu
-from initbuilder.kernel import extract_vmlinux
-from initbuilder.kernelbuild import lookup
-from initbuilder.kernelfetch import fetch_debian_kernel
+from initbuilder.kernels.build import lookup
+from initbuilder.kernels.fetch import fetch_debian_kernel
+from initbuilder.kernels.formats import extract_vmlinux
 
 HELLO_C = 'int main(void){static const char m[]="Hello, world!\\n";' \
           'return write(1,m,sizeof m-1)!=sizeof m-1;}'

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from initbuilder.elf import is_elf_file
+from initbuilder.loader.elf import is_elf_file
 
 _OURS = ("import sys; from initbuilder.cli.closure import closure; "
          "closure(['--json', '--allow-missing', *sys.argv[1:]])")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image
-from initbuilder.modules import add_modules
+from initbuilder.kernels.modules import add_modules
 from initbuilder.sources import add_skeleton
 
 INIT_SCRIPT = r"""#!/bin/busybox sh

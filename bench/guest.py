@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from initbuilder import sources
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image, Kind
-from initbuilder.kernelfetch import fetch_debian_kernel
-from initbuilder.modules import add_modules
+from initbuilder.kernels.fetch import fetch_debian_kernel
+from initbuilder.kernels.modules import add_modules
 from initbuilder.runtime import PREFIX, add_runtime
 
 HOSTRUN = str(Path(sys.executable).with_name("hostrun"))

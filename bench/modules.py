@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 
 from initbuilder.image import Image
-from initbuilder.kernel import extract_vmlinux, vmlinux_from_bzimage
-from initbuilder.kernelfetch import fetch_debian_kernel
-from initbuilder.modules import DEFAULT_MODULES, ModuleTree, add_modules, resolve
+from initbuilder.kernels.fetch import fetch_debian_kernel
+from initbuilder.kernels.formats import extract_vmlinux, vmlinux_from_bzimage
+from initbuilder.kernels.modules import DEFAULT_MODULES, ModuleTree, add_modules, resolve
 
 
 def median_ms(runs: int, func: Callable[[], object]) -> tuple[float, float]:

@@ -135,12 +135,12 @@ def find_kernel(kernel: Path | None) -> Path:
     if kernel is None and os.environ.get(KERNEL_ENV):
         kernel = Path(os.environ[KERNEL_ENV])
     if kernel is not None and str(kernel) == MINIMAL_KERNEL:
-        from initbuilder.kernelbuild import minimal_kernel
+        from initbuilder.kernels.build import minimal_kernel
 
         return minimal_kernel(report=lambda text: log.warning("hostrun: %s", text)).bzimage
     if kernel is not None:
         return _existing_file(kernel, "--kernel", "a kernel image (bzImage or vmlinux)")
-    from initbuilder.kernelfetch import fetch_debian_kernel
+    from initbuilder.kernels.fetch import fetch_debian_kernel
 
     fetched = fetch_debian_kernel()
     log.info("no --kernel: using Debian's %s", fetched.package)
@@ -165,7 +165,7 @@ def kernel_for(vmm: Vmm, kernel: Path) -> Path:
         known = Path(note.read_text())
         if known.is_file():
             return known
-    from initbuilder.kernel import extract_vmlinux
+    from initbuilder.kernels.formats import extract_vmlinux
 
     vmlinux = extract_vmlinux(kernel)
     remember(note, str(vmlinux))

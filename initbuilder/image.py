@@ -2,7 +2,10 @@
 
 Every source (user files, busybox, ELF closures, kernel modules, the guest runtime, base
 archives) adds entries here; the cpio writer serialises the result. Guest paths are
-stored relative to the root, without a leading slash ("usr/bin/env").
+stored relative to the root, without a leading slash ("usr/bin/env"). The model walks
+no host tree: initbuilder.hostfiles reads trees into it. A host file entry is only
+checked to be a readable regular file, and read for its size and bytes when a conflict
+rule or the writer needs them.
 """
 
 from __future__ import annotations
@@ -12,12 +15,11 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from initbuilder.linklimit import MAX_LINK_HOPS
 from initkit.errors import InitkitError, reading
-
-_MAX_LINK_HOPS = 40  # the kernel's own limit for following symlinks
 
 
 class Kind(enum.StrEnum):
@@ -128,6 +130,7 @@ class Image:
 
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}
+        self._parents: set[str] = set()  # paths with at least one entry below them
 
     # -- reading ------------------------------------------------------------------
     def __contains__(self, path: object) -> bool:
@@ -138,6 +141,10 @@ class Image:
 
     def get(self, path: str) -> Entry | None:
         return self._entries.get(normalize(path))
+
+    def has_children(self, path: str) -> bool:
+        """True when some entry lies below ``path`` (taken as stored: no links followed)."""
+        return normalize(path) in self._parents
 
     def items(self) -> list[tuple[str, Entry]]:
         """Entries in archive order: sorted by path components, so parents come first."""
@@ -159,7 +166,7 @@ class Image:
             entry = self._entries.get(candidate)
             if parts and entry is not None and entry.kind is Kind.SYMLINK:
                 hops += 1
-                if hops > _MAX_LINK_HOPS:
+                if hops > MAX_LINK_HOPS:
                     raise InitkitError(f"guest path /{rel}: too many levels of symbolic links")
                 assert entry.target is not None
                 base = "/" if entry.target.startswith("/") else "/" + "/".join(done)
@@ -186,7 +193,7 @@ class Image:
         old = self._entries.get(rel)
         if old is not None and not _equivalent(old, entry):
             if old.weak and not entry.weak:
-                if old.kind is Kind.DIR and entry.kind is not Kind.DIR and self._has_children(rel):
+                if old.kind is Kind.DIR and entry.kind is not Kind.DIR and rel in self._parents:
                     raise self._conflict(rel, old, entry)
             elif entry.weak:
                 return rel  # a default never overrides what is there
@@ -202,13 +209,16 @@ class Image:
                 raise InitkitError(
                     f"hardlink /{rel} names /{target}, which is not a regular file in the image"
                 )
-            entry = _replace(entry, target=target)
-        self._entries[rel] = entry
+            entry = replace(entry, target=target)
+        self._store(rel, entry)
         return rel
 
-    def _has_children(self, rel: str) -> bool:
-        prefix = rel + "/"
-        return any(p.startswith(prefix) for p in self._entries)
+    def _store(self, rel: str, entry: Entry) -> None:
+        self._entries[rel] = entry
+        parent = rel.rpartition("/")[0]
+        if parent:
+            # Parents are always implied, so "has an entry below" is "has a child".
+            self._parents.add(parent)
 
     @staticmethod
     def _conflict(rel: str, old: Entry, new: Entry) -> InitkitError:
@@ -222,7 +232,7 @@ class Image:
         for i in range(1, len(parts) + 1):
             parent = "/".join(parts[:i])
             if parent not in self._entries:
-                self._entries[parent] = Entry(Kind.DIR, 0o755, source=source, weak=True)
+                self._store(parent, Entry(Kind.DIR, 0o755, source=source, weak=True))
 
     def add_directory(
         self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0, *,
@@ -240,10 +250,12 @@ class Image:
         uid: int = 0,
         gid: int = 0,
         source: str = "",
+        weak: bool = False,
     ) -> str:
         """Add a regular file from a host path (read at write time) or from bytes.
 
-        Without ``mode`` a host file keeps its permission bits, bytes get 0644.
+        Without ``mode`` a host file keeps its permission bits, bytes get 0644. A weak
+        file is a default that an explicit entry at its path replaces.
         """
         if (host is None) == (data is None):
             raise ValueError("add_file needs exactly one of host= or data=")
@@ -256,7 +268,7 @@ class Image:
         if mode is None:
             mode = 0o644
         entry = Entry(Kind.FILE, mode & 0o7777, uid, gid, host=host_path, data=data,
-                      source=source or (str(host_path) if host_path else ""))
+                      source=source or (str(host_path) if host_path else ""), weak=weak)
         return self.add(path, entry)
 
     def add_symlink(self, path: str, target: str, *, uid: int = 0, gid: int = 0,
@@ -274,93 +286,19 @@ class Image:
         return self.add(path, Entry(Kind.HARDLINK, found.mode, found.uid, found.gid,
                                     target=target, source=source))
 
-    def add_device(self, path: str, kind: str, major: int, minor: int, mode: int = 0o600,
+    def add_device(self, path: str, kind: Kind, major: int, minor: int, mode: int = 0o600,
                    uid: int = 0, gid: int = 0, *, source: str = "", weak: bool = False) -> str:
-        """Add a device node record (``kind`` is "c" or "b"); no mknod is needed."""
-        if kind not in ("c", "b"):
-            raise InitkitError(f"device /{normalize(path)}: kind must be 'c' or 'b', not {kind!r}")
-        k = Kind.CHAR if kind == "c" else Kind.BLOCK
-        return self.add(path, Entry(k, mode & 0o7777, uid, gid, major=major, minor=minor,
+        """Add a device node record (``kind`` is Kind.CHAR or Kind.BLOCK); no mknod is
+        needed."""
+        if kind is not Kind.CHAR and kind is not Kind.BLOCK:
+            raise ValueError(f"device /{path.lstrip('/')}: kind must be Kind.CHAR or "
+                             f"Kind.BLOCK, not {kind!r}")
+        return self.add(path, Entry(kind, mode & 0o7777, uid, gid, major=major, minor=minor,
                                     source=source, weak=weak))
 
     def add_fifo(self, path: str, mode: int = 0o644, uid: int = 0, gid: int = 0, *,
                  source: str = "") -> str:
         return self.add(path, Entry(Kind.FIFO, mode & 0o7777, uid, gid, source=source))
-
-    def merge(self, other: Image) -> None:
-        """Add every entry of ``other`` (same conflict rules as add)."""
-        for path, entry in other.items():
-            if entry.kind is not Kind.HARDLINK:
-                self.add(path, entry)
-        for path, entry in other.items():
-            if entry.kind is Kind.HARDLINK:
-                self.add(path, entry)
-
-    # -- host trees ---------------------------------------------------------------
-    def add_host_path(self, host: str | os.PathLike[str], guest: str | None = None, *,
-                      source: str = "") -> str:
-        """Add a host file, symlink (kept as a symlink) or directory (recursively) at
-        ``guest`` (default: the same path). Permission bits come from the host;
-        ownership is 0:0 so the initrd does not depend on who built it."""
-        host_path = Path(host)
-        guest = guest if guest is not None else os.path.abspath(host_path)
-        with reading(host_path):
-            st = host_path.lstat()
-        src = source or str(host_path)
-        if stat.S_ISLNK(st.st_mode):
-            return self.add_symlink(guest, os.readlink(host_path), source=src)
-        if stat.S_ISDIR(st.st_mode):
-            rel = self.add_directory(guest, stat.S_IMODE(st.st_mode), source=src)
-            try:
-                names = sorted(os.listdir(host_path))
-            except PermissionError:
-                raise InitkitError(f"{host_path}: directory is not readable") from None
-            for name in names:
-                self.add_host_path(host_path / name, f"{rel}/{name}", source=source)
-            return rel
-        if stat.S_ISREG(st.st_mode):
-            return self.add_file(guest, host=host_path, source=src)
-        if stat.S_ISFIFO(st.st_mode):
-            return self.add_fifo(guest, stat.S_IMODE(st.st_mode), source=src)
-        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            kind = "c" if stat.S_ISCHR(st.st_mode) else "b"
-            return self.add_device(guest, kind, os.major(st.st_rdev), os.minor(st.st_rdev),
-                                   stat.S_IMODE(st.st_mode), source=src)
-        raise InitkitError(f"{host_path}: cannot put a socket or unknown file type in an initrd")
-
-    def add_host_file_keeping_links(self, host: str | os.PathLike[str], *,
-                                    source: str = "") -> str:
-        """Add the file at absolute host path ``host`` under the same guest path,
-        recreating every symlink met on the way (in parent directories and at the end)
-        as a symlink, and adding what it points to. Returns the guest path of the
-        final regular file. This is how libraries keep the paths the loader uses."""
-        path = os.path.abspath(os.fspath(host))
-        hops = 0
-        while True:
-            parts = path.strip("/").split("/")
-            for i in range(1, len(parts) + 1):
-                prefix = "/" + "/".join(parts[:i])
-                if os.path.islink(prefix):
-                    key = self.resolve(prefix)
-                    existing = self._entries.get(key)
-                    if (existing is not None and existing.kind is Kind.DIR
-                            and (not existing.weak or self._has_children(key))):
-                        # The image already has a real directory where the host has a
-                        # link (/lib with modules in it, on a merged-usr host): the
-                        # loader's path works through the directory just as well.
-                        continue
-                    hops += 1
-                    if hops > _MAX_LINK_HOPS:
-                        raise InitkitError(f"{host}: too many levels of symbolic links")
-                    target = os.readlink(prefix)
-                    if existing is None or existing.kind is not Kind.SYMLINK:
-                        self.add_symlink(prefix, target, source=source or str(host))
-                    rest = "/".join(parts[i:])
-                    resolved = os.path.normpath(os.path.join(os.path.dirname(prefix), target))
-                    path = os.path.join(resolved, rest) if rest else resolved
-                    break
-            else:
-                return self.add_file(path, host=path, source=source or str(host))
 
 
 def _stat_regular(path: Path) -> os.stat_result:
@@ -374,8 +312,3 @@ def _stat_regular(path: Path) -> os.stat_result:
         raise InitkitError(f"{path}: file is not readable")
     return st
 
-
-def _replace(entry: Entry, **changes: object) -> Entry:
-    from dataclasses import replace
-
-    return replace(entry, **changes)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import libarchive
 
-from initbuilder.image import Entry, Image, Kind
+from initbuilder.image import Kind
 from initkit.errors import InitkitError, reading
 
 
@@ -181,34 +181,3 @@ def _link_groups(records: list[ArchiveMember], index: int) -> list[ArchiveMember
     return out
 
 
-def add_initrd(image: Image, path: str | os.PathLike[str]) -> int:
-    """Merge an existing initrd into ``image`` (the --base option); return the number of
-    entries taken. Entries with absolute or '..' paths are refused."""
-    src = Path(path)
-    count = 0
-    links: list[ArchiveMember] = []
-    for rec in read_initrd(src, with_data=True):
-        name = rec.path
-        if name in (".", "./", ""):
-            continue
-        if name.startswith("/") or ".." in name.split("/"):
-            raise InitkitError(
-                f"{src}: refusing entry {name!r}: absolute and '..' paths could write "
-                "outside the initrd root; rebuild the base archive with relative paths"
-            )
-        label = f"{src}:{name}"
-        if rec.kind is Kind.HARDLINK:
-            links.append(rec)
-            continue
-        if rec.kind is Kind.FILE:
-            image.add_file(name, data=rec.data or b"", mode=rec.mode, uid=rec.uid, gid=rec.gid,
-                           source=label)
-        else:
-            image.add(name, Entry(rec.kind, rec.mode, rec.uid, rec.gid, target=rec.target,
-                                  major=rec.major, minor=rec.minor, source=label))
-        count += 1
-    for rec in links:
-        assert rec.target is not None
-        image.add_hardlink(rec.path, rec.target, source=f"{src}:{rec.path}")
-        count += 1
-    return count

@@ -5,8 +5,10 @@ the interpreter, the standard-library modules the guest package reaches (followe
 initbuilder/pyimports.py under that interpreter, compiled to sourceless .pyc), the
 extension modules among them, and the guest package. CPython's getpath finds this
 prefix from the os.pyc landmark and lib-dynload. Shared libraries (libc, libffi,
-libpython of a shared build) stay at the paths the loader finds them by, as closure.py
-resolves them; the interpreter's own files are stripped of debug information.
+libpython of a shared build) stay at the paths the loader finds them by, as
+initbuilder.loader.closure resolves them and initbuilder.hostfiles walks them (so an
+interpreter from /nix/store is relocated like a --binary); the interpreter's own files
+are stripped of debug information.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from initbuilder.closure import Resolver
-from initbuilder.elf import is_elf_file
-from initbuilder.image import Image
+from initbuilder.hostfiles import HostFiles
+from initbuilder.image import Image, Kind
+from initbuilder.loader.closure import Resolver
+from initbuilder.loader.elf import is_elf_file
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
 from initkit.errors import InitkitError, write_error, writing
 from initkit.files import (
@@ -93,8 +96,12 @@ def add_runtime(image: Image, *, python: Path | None = None) -> None:
     ELF closure, the standard-library subset and the guest package as .pyc, and /init."""
     runtime = collect(python)
     resolver = Resolver()
-    image.add_file(runtime.interpreter, host=_stripped(runtime.executable), mode=0o755,
-                   source=f"{_SOURCE}: {runtime.executable}")
+    files = HostFiles(image)
+    # The runtime's ELF files are stripped copies: weak, so that the same file added
+    # by the user (--binary python3, whose closure packs the original) wins instead of
+    # being a conflict of two versions of one library.
+    image.add_file(runtime.interpreter, host=_packed(files, resolver, runtime.executable),
+                   mode=0o755, source=f"{_SOURCE}: {runtime.executable}", weak=True)
     # getpath wants lib-dynload to exist (the exec_prefix landmark), used or not.
     image.add_directory(f"{runtime.libdir}/lib-dynload", source=_SOURCE)
     elf_files = [runtime.executable]
@@ -103,23 +110,31 @@ def add_runtime(image: Image, *, python: Path | None = None) -> None:
             continue
         src = f"{_SOURCE}: {module.name}"
         if module.kind == "extension":
-            image.add_file(module.guest, host=_stripped(module.host), mode=0o755, source=src)
+            image.add_file(module.guest, host=_packed(files, resolver, module.host), mode=0o755,
+                           source=src, weak=True)
             elf_files.append(module.host)
         else:
             image.add_file(module.guest, data=module.host.read_bytes(), mode=0o644, source=src)
     for elf in elf_files:
-        _add_libraries(image, resolver, elf)
+        _add_libraries(files, resolver, elf)
     image.add_file("init", data=init_script(runtime.interpreter), mode=0o755, source=_SOURCE)
     # The kernel opens /dev/console for init only if the node is in the initrd; and
     # before devtmpfs is mounted CPython seeds its hash from /dev/urandom when the
     # kernel's RNG is not ready yet (it dies without it). Same weak nodes as the skeleton.
-    image.add_device("dev/console", "c", 5, 1, 0o600, source=_SOURCE, weak=True)
-    image.add_device("dev/urandom", "c", 1, 9, 0o666, source=_SOURCE, weak=True)
+    image.add_device("dev/console", Kind.CHAR, 5, 1, 0o600, source=_SOURCE, weak=True)
+    image.add_device("dev/urandom", Kind.CHAR, 1, 9, 0o666, source=_SOURCE, weak=True)
     log.info("guest runtime: Python %s from %s, %d modules", runtime.version,
              runtime.executable, sum(1 for m in runtime.modules if m.guest))
 
 
-def _add_libraries(image: Image, resolver: Resolver, elf: Path) -> None:
+def _packed(files: HostFiles, resolver: Resolver, elf: Path) -> Path:
+    """The file to pack for one of the interpreter's own ELF files: stripped, with the
+    store paths its loader strings name relocated."""
+    _, probe = resolver.read_main(str(elf))
+    return _stripped(files.loadable(elf, probe.info))
+
+
+def _add_libraries(files: HostFiles, resolver: Resolver, elf: Path) -> None:
     """Add what the loader maps for ``elf`` at the paths it finds them by."""
     closure = resolver.resolve(str(elf))
     if closure.missing:
@@ -133,10 +148,12 @@ def _add_libraries(image: Image, resolver: Resolver, elf: Path) -> None:
         if obj.path is None:  # the vDSO
             continue
         if _is_libpython(obj.path) and os.path.realpath(obj.path) == os.path.abspath(obj.path):
-            image.add_file(obj.path, host=_stripped(Path(obj.path)),
-                           source=f"{_SOURCE}: {obj.path}")
+            # No link on the way: packed stripped, at the path the RUNPATH names.
+            files.image.add_file(files.relocation.relocate(os.path.abspath(obj.path)),
+                                 host=_stripped(files.loadable(obj.path, obj.info)),
+                                 source=f"{_SOURCE}: {obj.path}", weak=True)
         else:
-            image.add_host_file_keeping_links(obj.path, source=f"{_SOURCE}: {obj.path}")
+            files.add(obj.path, f"{_SOURCE}: {obj.path}", elf=obj.info)
 
 
 def _is_libpython(path: str) -> bool:

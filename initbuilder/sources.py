@@ -1,4 +1,5 @@
-"""The simple sources of an initrd's entries: the base skeleton, user files, busybox."""
+"""The simple sources of an initrd's entries: the base skeleton, base archives, user
+files, busybox."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import shutil
 from pathlib import Path
 
 from guest import contract
+from initbuilder.hostfiles import HostFiles
 from initbuilder.image import Entry, Image, Kind
+from initbuilder.reader import ArchiveMember, read_initrd
 from initkit.errors import InitkitError
 from initkit.process import run
 
@@ -33,7 +36,40 @@ def add_skeleton(image: Image) -> None:
     for path, mode in SKELETON_DIRS.items():
         image.add_directory(path, mode, source="skeleton", weak=True)
     for path, (major, minor, mode) in SKELETON_NODES.items():
-        image.add_device(path, "c", major, minor, mode, source="skeleton", weak=True)
+        image.add_device(path, Kind.CHAR, major, minor, mode, source="skeleton", weak=True)
+
+
+def add_initrd(image: Image, path: str | os.PathLike[str]) -> int:
+    """Merge an existing initrd into ``image`` (the --base option); return the number of
+    entries taken. Entries with absolute or '..' paths are refused."""
+    src = Path(path)
+    count = 0
+    links: list[ArchiveMember] = []
+    for rec in read_initrd(src, with_data=True):
+        name = rec.path
+        if name in (".", "./", ""):
+            continue
+        if name.startswith("/") or ".." in name.split("/"):
+            raise InitkitError(
+                f"{src}: refusing entry {name!r}: absolute and '..' paths could write "
+                "outside the initrd root; rebuild the base archive with relative paths"
+            )
+        label = f"{src}:{name}"
+        if rec.kind is Kind.HARDLINK:
+            links.append(rec)
+            continue
+        if rec.kind is Kind.FILE:
+            image.add_file(name, data=rec.data or b"", mode=rec.mode, uid=rec.uid, gid=rec.gid,
+                           source=label)
+        else:
+            image.add(name, Entry(rec.kind, rec.mode, rec.uid, rec.gid, target=rec.target,
+                                  major=rec.major, minor=rec.minor, source=label))
+        count += 1
+    for rec in links:
+        assert rec.target is not None
+        image.add_hardlink(rec.path, rec.target, source=f"{src}:{rec.path}")
+        count += 1
+    return count
 
 
 def parse_file_spec(spec: str) -> tuple[Path, str]:
@@ -54,9 +90,10 @@ def parse_file_spec(spec: str) -> tuple[Path, str]:
 
 def add_files(image: Image, specs: list[str]) -> None:
     """Add each ``--file HOST[:GUEST]``: files, symlinks as symlinks, directories recursively."""
+    files = HostFiles(image)
     for spec in specs:
         host, guest = parse_file_spec(spec)
-        rel = image.add_host_path(host, guest, source=f"--file {spec}")
+        rel = files.copy(host, guest, source=f"--file {spec}")
         log.info("added /%s from %s", rel, host)
 
 

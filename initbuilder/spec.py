@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from initbuilder import cpio, reader, sources
+from initbuilder import cpio, sources
 from initbuilder.image import Image
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
 from initkit.files import identity
@@ -76,7 +76,7 @@ def build_image(spec: BuildSpec,
     if spec.bases:
         with timed("bases"):
             for base in spec.bases:
-                count = reader.add_initrd(image, base)
+                count = sources.add_initrd(image, base)
                 log.info("merged %d entries from base %s", count, base)
     if spec.files:
         with timed("files"):
@@ -87,7 +87,7 @@ def build_image(spec: BuildSpec,
             _add_busybox(image, busybox, spec)
     if spec.binaries:
         with timed("binaries"):
-            from initbuilder.closure import add_binaries
+            from initbuilder.loader.binaries import add_binaries
 
             add_binaries(image, spec.binaries, root=spec.root, library_path=spec.library_path,
                          dlopen=spec.dlopen, allow_missing=spec.allow_missing)
@@ -98,7 +98,7 @@ def build_image(spec: BuildSpec,
             add_runtime(image, python=spec.python)
     if _wants_modules(spec):
         with timed("modules"):
-            from initbuilder.modules import add_modules
+            from initbuilder.kernels.modules import add_modules
 
             loaded = add_modules(image, kernel=spec.kernel, modules_dir=spec.modules_dir,
                                  names=spec.modules)
@@ -165,11 +165,11 @@ def _busybox_path(choice: str | None) -> Path | None:
 
 def _add_busybox(image: Image, busybox: Path, spec: BuildSpec) -> None:
     """A static busybox goes in as is; a dynamic one brings its libraries."""
-    from initbuilder.elf import read_elf
+    from initbuilder.loader.elf import read_elf
 
     sources.add_busybox(image, busybox, links_at_boot=spec.init)
     if read_elf(str(busybox)).interpreter:
-        from initbuilder.closure import add_binaries
+        from initbuilder.loader.binaries import add_binaries
 
         add_binaries(image, [str(busybox)], root=spec.root, library_path=spec.library_path,
                      allow_missing=spec.allow_missing)

@@ -10,7 +10,7 @@ import pytest
 from nixbuild import NixOutputs, nix_build
 from realparts import missing_part
 
-from initbuilder.kernelfetch import FetchedKernel, fetch_debian_kernel
+from initbuilder.kernels.fetch import FetchedKernel, fetch_debian_kernel
 from initkit.errors import InitkitError
 
 
@@ -29,7 +29,7 @@ def debian_kernel() -> FetchedKernel:
 @pytest.fixture(scope="session")
 def debian_vmlinux(debian_kernel: FetchedKernel) -> Path:
     """The ELF vmlinux inside the Debian bzImage (for PVH boots), cached by content hash."""
-    from initbuilder.kernel import extract_vmlinux
+    from initbuilder.kernels.formats import extract_vmlinux
 
     return extract_vmlinux(debian_kernel.bzimage)
 

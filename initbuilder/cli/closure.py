@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
-from initbuilder.closure import Closure, LoadedObject, Resolver
-from initbuilder.search import DLOPEN_LEVELS
+from initbuilder.loader.closure import Closure, LoadedObject, Resolver
+from initbuilder.loader.search import DLOPEN_LEVELS
 from initkit.cli import Command, setup_logging
 from initkit.errors import InitkitError
 

@@ -59,7 +59,7 @@ def kernel() -> None:
               help="Do not decompress a bzImage's payload (PVH note then unknown).")
 def info(image: Path, as_json: bool, header_only: bool) -> None:
     """Show an image's format, kernel version, payload compression and PVH entry."""
-    from initbuilder.kernel import kernel_info
+    from initbuilder.kernels.formats import kernel_info
 
     found = kernel_info(image, payload=not header_only)
     pvh = found.pvh if not (header_only and found.format == "bzImage") else None
@@ -95,7 +95,7 @@ def vmlinux(bzimage: Path, output: Path | None, verbose: int) -> None:
     The result is cached by the bzImage's content hash, so a second call is instant.
     Payloads compressed with gzip, xz, zstd, lz4, lzma or bzip2 are understood.
     """
-    from initbuilder.kernel import extract_vmlinux
+    from initbuilder.kernels.formats import extract_vmlinux
 
     setup_logging(verbose)
     click.echo(extract_vmlinux(bzimage, output))
@@ -131,8 +131,8 @@ def fetch(package: str | None, release: str | None, refresh: bool, cache: Path |
     scripts run. The vmlinux for PVH boots is extracted too. A second call is instant
     and needs no network.
     """
-    from initbuilder.kernel import extract_vmlinux
-    from initbuilder.kernelfetch import fetch_debian_kernel, unpack_kernel_deb
+    from initbuilder.kernels.fetch import fetch_debian_kernel, unpack_kernel_deb
+    from initbuilder.kernels.formats import extract_vmlinux
 
     setup_logging(verbose)
     if deb is not None:
@@ -163,7 +163,7 @@ def modules(kernel: Path | None, modules_dir: Path | None, modules: tuple[str, .
     This is what `initbuilder build` writes to /etc/initkit/modules. Without names,
     the virtiofs set. Built-in modules need no file: they are reported on stderr.
     """
-    from initbuilder.modules import DEFAULT_MODULES, find_tree, load_list, resolve
+    from initbuilder.kernels.modules import DEFAULT_MODULES, find_tree, load_list, resolve
 
     setup_logging(verbose)
     tree = find_tree(kernel, modules_dir)
@@ -227,7 +227,7 @@ def build(source: Path | None, fragments: tuple[Path, ...], output: Path | None,
     """
     import shutil
 
-    from initbuilder.kernelbuild import build_kernel, configure_only, lookup
+    from initbuilder.kernels.build import build_kernel, configure_only, lookup
     from initkit.errors import writing
     from initkit.files import private_scratch, replacing
 

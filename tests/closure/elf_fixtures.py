@@ -18,7 +18,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from realparts import missing_part
 
-from initbuilder.closure import Closure
+from initbuilder.loader.closure import Closure
 
 DT_RPATH = 15
 DT_RUNPATH = 29

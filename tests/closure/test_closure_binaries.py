@@ -14,14 +14,14 @@ import pytest
 from elf_fixtures import Builder, host_is_x86_64_glibc, host_libc_tree
 from realparts import missing_part, unpack_with_cpio
 
-from initbuilder.binaries import BinaryAdder
-from initbuilder.closure import Resolver, add_binaries
 from initbuilder.cpio import write_initrd
-from initbuilder.elf import read_elf
 from initbuilder.image import Image, Kind
-from initbuilder.nixstore import StoreRelocation
+from initbuilder.loader.binaries import BinaryAdder, add_binaries
+from initbuilder.loader.closure import Resolver
+from initbuilder.loader.elf import read_elf
+from initbuilder.loader.nixstore import StoreRelocation
+from initbuilder.loader.sysroot import Sysroot
 from initbuilder.sources import add_skeleton
-from initbuilder.sysroot import Sysroot
 from initkit.errors import InitkitError
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -128,7 +128,7 @@ def test_name_lookup_and_errors(build: Builder, monkeypatch: pytest.MonkeyPatch,
                                            rf"{root}/bin/prog -> libmid.so -> "
                                            r"libnothere.so.3\); .*--allow-missing"):
         add_binaries(Image(), ["prog"])
-    caplog.set_level(logging.INFO, logger="initkit.closure")
+    caplog.set_level(logging.INFO, logger="initkit")
     image = Image()
     assert add_binaries(image, ["prog"], allow_missing=True) == [f"{root}/bin/prog"]
     assert "continuing without it" in caplog.text

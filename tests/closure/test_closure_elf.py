@@ -1,4 +1,4 @@
-"""initbuilder.elf: what one ELF file says, on compiled fixtures and system files."""
+"""initbuilder.loader.elf: what one ELF file says, on compiled fixtures and system files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from elf_fixtures import Builder
 
-from initbuilder.elf import ElfError, image_notes, is_elf_file, parse_dlopen_json, read_elf
+from initbuilder.loader.elf import (
+    ElfError,
+    image_notes,
+    is_elf_file,
+    parse_dlopen_json,
+    read_elf,
+)
 
 
 def test_reads_what_the_loader_needs(build: Builder) -> None:

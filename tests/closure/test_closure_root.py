@@ -12,9 +12,9 @@ import pytest
 from elf_fixtures import Builder, host_libc_tree, parse_trace
 from realparts import missing_part
 
-from initbuilder.closure import Resolver
-from initbuilder.ldconfig import LdCache, read_conf
-from initbuilder.sysroot import Sysroot
+from initbuilder.loader.closure import Resolver
+from initbuilder.loader.ldconfig import LdCache, read_conf
+from initbuilder.loader.sysroot import Sysroot
 from initkit.errors import InitkitError
 
 

@@ -22,9 +22,9 @@ from elf_fixtures import (
     set_machine,
 )
 
-from initbuilder.closure import Resolver, resolve_closure
-from initbuilder.elf import read_elf
-from initbuilder.ldso import active_hwcaps
+from initbuilder.loader.closure import Resolver, resolve_closure
+from initbuilder.loader.elf import read_elf
+from initbuilder.loader.ldso import active_hwcaps
 
 
 def paths(closure, name: str) -> str:
@@ -132,7 +132,7 @@ def test_lib_platform_and_brace_forms(build: Builder) -> None:
                     runpath=f"{root}/l/$LIB:{root}/p/$PLATFORM:{root}/c/${{LIB}}:"
                             f"{root}/u/$FOO:{root}/nothing/$LIBX")
     closure = agree(exe)
-    facts = Resolver().facts(read_elf(str(exe)), "/lib64/ld-linux-x86-64.so.2")
+    facts = Resolver().tree.facts(read_elf(str(exe)), "/lib64/ld-linux-x86-64.so.2")
     assert paths(closure, "libl.so") == f"{root}/l/{facts.lib}/libl.so"
     assert paths(closure, "libp.so") == f"{root}/p/{facts.platform}/libp.so"
     assert paths(closure, "libcurly.so") == f"{root}/c/{facts.lib}/libcurly.so"

@@ -13,8 +13,8 @@ import pytest
 from elf_fixtures import Trace, host_is_x86_64_glibc, ours, parse_trace, run_ldd
 from realparts import missing_part
 
-from initbuilder.closure import Resolver
-from initbuilder.elf import ElfError, is_elf_file, read_elf
+from initbuilder.loader.closure import Resolver
+from initbuilder.loader.elf import ElfError, is_elf_file, read_elf
 
 SYSTEM_SETS = (("/usr/bin", None), ("/usr/sbin", None),
                ("/usr/lib/x86_64-linux-gnu", ".so"), ("/usr/lib/qemu", None))

@@ -140,7 +140,7 @@ def minimal_kernel(e2e_tools: None) -> Path:
     the cache (no build here: it takes minutes; scripts/test builds it before the tests).
     $INITKIT_TEST_MINIMAL_KERNEL names a bzImage built elsewhere instead: the CI leg on
     the other Debian release boots the one built on the host rather than build its own."""
-    from initbuilder.kernelbuild import lookup
+    from initbuilder.kernels.build import lookup
 
     given = os.environ.get(MINIMAL_KERNEL_ENV)
     if given:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from initbuilder.kernelbuild import lookup
+from initbuilder.kernels.build import lookup
 from initbuilder.reader import read_initrd
 
 if TYPE_CHECKING:

@@ -241,3 +241,20 @@ def test_runtime_starts_from_the_unpacked_initrd(which: str, tmp_path: Path) -> 
     assert proc.stderr == ""  # no "Could not find platform libraries" warnings
     assert proc.stdout.split(" ", 3) == [PREFIX, PREFIX, "1",
                                          "['_ctypes']\n"]  # not the ctypes package
+
+
+def test_the_same_interpreter_as_a_binary_is_no_conflict() -> None:
+    """`--binary python3` of the runtime's own interpreter: its closure packs the original
+    libpython where the runtime would pack a stripped copy; the original wins."""
+    from initbuilder.loader.closure import Resolver
+    from initbuilder.spec import BuildSpec, build_image
+
+    closure = Resolver().resolve(sys.executable)
+    libpython = [lib.path for lib in closure.libraries
+                 if lib.path and os.path.basename(lib.path).startswith("libpython")]
+    if not libpython:
+        pytest.skip(f"{sys.executable} has libpython linked in: nothing to collide")
+    image, _ = build_image(BuildSpec(binaries=[sys.executable], busybox=None))
+    entry = image.get(os.path.realpath(libpython[0]).lstrip("/"))
+    assert entry is not None and entry.host is not None
+    assert os.path.samefile(entry.host, libpython[0])  # the original, not the stripped copy

@@ -119,7 +119,8 @@ def test_cloud_hypervisor_gets_vmlinux_before_v39(tmp_path: Path,
     bzimage = tmp_path / "vmlinuz"
     bzimage.write_bytes(b"\0" * 0x202 + b"HdrS" + b"\0" * 64)
     monkeypatch.setenv("INITKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("initbuilder.kernel.extract_vmlinux", lambda k: tmp_path / "vmlinux")
+    monkeypatch.setattr("initbuilder.kernels.formats.extract_vmlinux",
+                        lambda k: tmp_path / "vmlinux")
     assert plan.kernel_for(CloudHypervisor(version=(39, 0)), bzimage) == bzimage
     assert plan.kernel_for(CloudHypervisor(version=(38, 0)), bzimage) == tmp_path / "vmlinux"
     elf = tmp_path / "vmlinux.elf"

@@ -10,7 +10,7 @@ import pytest
 from realparts import missing_part
 
 from hostrun.plan import KERNEL_ENV, find_kernel
-from initbuilder.kernelbuild import lookup
+from initbuilder.kernels.build import lookup
 from initkit.errors import InitkitError
 
 

@@ -13,8 +13,8 @@ from realparts import need, unpack_with_cpio
 
 from initbuilder.cpio import COMPRESSIONS, write_initrd
 from initbuilder.image import Image, Kind
-from initbuilder.reader import add_initrd, read_initrd
-from initbuilder.sources import add_skeleton
+from initbuilder.reader import read_initrd
+from initbuilder.sources import add_initrd, add_skeleton
 from initkit.errors import InitkitError
 
 
@@ -29,7 +29,7 @@ def sample_image(tmp_path: Path) -> Image:
     image.add_file("etc/motd", data=b"hello\n", mode=0o644, uid=1000, gid=100)
     image.add_file("etc/empty", data=b"")
     image.add_symlink("bin/sh", "/bin/prog")
-    image.add_device("dev/vda", "b", 254, 0, 0o660)
+    image.add_device("dev/vda", Kind.BLOCK, 254, 0, 0o660)
     image.add_fifo("run/fifo", 0o600)
     return image
 

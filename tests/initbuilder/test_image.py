@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -100,48 +99,29 @@ def test_hardlink_needs_a_regular_file() -> None:
     assert image.get("l").target == "f" and image.get("l").mode == 0o640
 
 
-def test_add_host_path_recurses_and_keeps_symlinks(tmp_path: Path) -> None:
-    tree = tmp_path / "tree"
-    (tree / "sub").mkdir(parents=True)
-    (tree / "sub" / "f").write_text("hi")
-    os.chmod(tree / "sub" / "f", 0o600)
-    (tree / "link").symlink_to("sub/f")
+def test_has_children_sees_entries_below_a_path_only() -> None:
     image = Image()
-    image.add_host_path(tree, "/opt/t")
-    assert image.get("opt/t/link").kind is Kind.SYMLINK
-    assert image.get("opt/t/link").target == "sub/f"
-    assert image.get("opt/t/sub/f").mode == 0o600
-    with pytest.raises(InitkitError, match="no such file"):
-        image.add_host_path(tmp_path / "missing", "x")
+    image.add_file("usr/lib/libz.so.1", data=b"z")
+    image.add_directory("opt")
+    assert image.has_children("usr") and image.has_children("/usr/lib")
+    assert not image.has_children("usr/lib/libz.so.1") and not image.has_children("opt")
+    assert not image.has_children("us")  # a name prefix is not a parent
 
 
-def test_add_host_file_keeping_links_recreates_each_link(tmp_path: Path) -> None:
-    real = tmp_path / "usr" / "lib"
-    real.mkdir(parents=True)
-    (real / "libz.so.1.2").write_bytes(b"z")
-    (real / "libz.so.1").symlink_to("libz.so.1.2")
-    (tmp_path / "lib").symlink_to("usr/lib")
+def test_a_populated_weak_directory_is_not_replaced_by_a_file() -> None:
     image = Image()
-    final = image.add_host_file_keeping_links(tmp_path / "lib" / "libz.so.1")
-    root = str(tmp_path).lstrip("/")
-    assert final == f"{root}/usr/lib/libz.so.1.2"
-    assert image.get(f"{root}/lib").target == "usr/lib"
-    assert image.get(f"{root}/usr/lib/libz.so.1").target == "libz.so.1.2"
-    # The same file again (through the same links) is not a conflict.
-    image.add_host_file_keeping_links(tmp_path / "lib" / "libz.so.1")
+    image.add_file("lib/modules/fuse.ko", data=b"ko")  # "lib" is an implied, weak directory
+    with pytest.raises(InitkitError, match="conflicting entries for /lib"):
+        image.add_symlink("lib", "usr/lib")
+    image.add_directory("empty", weak=True)
+    image.add_symlink("empty", "usr/lib")  # an empty default yields
+    assert image.get("empty").kind is Kind.SYMLINK
 
 
-def test_a_real_directory_in_the_image_is_kept_where_the_host_has_a_link(
-    tmp_path: Path,
-) -> None:
-    # Kernel modules made /lib a real directory before libraries reached through the
-    # host's lib -> usr/lib link: the library goes through the directory.
-    (tmp_path / "usr" / "lib").mkdir(parents=True)
-    (tmp_path / "usr" / "lib" / "libc.so.6").write_bytes(b"libc")
-    (tmp_path / "lib").symlink_to("usr/lib")
-    root = str(tmp_path).lstrip("/")
+def test_device_kinds_are_the_enum_and_a_wrong_one_is_a_bug() -> None:
     image = Image()
-    image.add_file(f"{root}/lib/modules/fuse.ko", data=b"ko")
-    stored = image.add_host_file_keeping_links(tmp_path / "lib" / "libc.so.6")
-    assert stored == f"{root}/lib/libc.so.6"
-    assert image.get(f"{root}/lib").kind is Kind.DIR
+    image.add_device("dev/vda", Kind.BLOCK, 254, 0)
+    assert image.get("dev/vda").kind is Kind.BLOCK
+    for wrong in ("c", "char", Kind.FIFO):
+        with pytest.raises(ValueError, match=r"Kind\.CHAR or Kind\.BLOCK"):
+            image.add_device("dev/x", wrong, 1, 1)  # type: ignore[arg-type]

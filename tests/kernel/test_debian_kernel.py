@@ -11,9 +11,9 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from initbuilder.image import Image
-from initbuilder.kernel import BZIMAGE, extract_vmlinux, kernel_info, pvh_entry
-from initbuilder.kernelfetch import DEFAULT_PACKAGE_RE, FetchedKernel
-from initbuilder.modules import DEFAULT_MODULES, ModuleTree, add_modules, find_tree, resolve
+from initbuilder.kernels.fetch import DEFAULT_PACKAGE_RE, FetchedKernel
+from initbuilder.kernels.formats import BZIMAGE, extract_vmlinux, kernel_info, pvh_entry
+from initbuilder.kernels.modules import DEFAULT_MODULES, ModuleTree, add_modules, find_tree, resolve
 
 
 def test_fetched_package_layout(debian_kernel: FetchedKernel) -> None:

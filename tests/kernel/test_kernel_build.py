@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from realparts import missing_part
 
-from initbuilder.kernelbuild import configure_only, lookup
-from initbuilder.kernelconfig import parse_config
-from initbuilder.kernelsource import installed_debian_source
+from initbuilder.kernels.build import configure_only, lookup
+from initbuilder.kernels.config import parse_config
+from initbuilder.kernels.source import installed_debian_source
 from initkit.cache import cache_dir
 from initkit.errors import InitkitError
 

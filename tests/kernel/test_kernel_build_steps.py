@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from realparts import missing_part, need
 
-from initbuilder.kernelbuild import build_kernel, lookup
-from initbuilder.kernelsource import BUILD_PACKAGES, missing_packages
+from initbuilder.kernels.build import build_kernel, lookup
+from initbuilder.kernels.source import BUILD_PACKAGES, missing_packages
 from initkit.errors import InitkitError
 
 # $(O) is the object tree; every make run is counted in $(O)/runs. BZIMAGE=fail,

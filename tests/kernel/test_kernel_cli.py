@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from synthetic_kernel import VERSION, ModuleTreeBuilder, make_bzimage
 
 from initbuilder.cli.kernel import kernel, kernel_options
-from initbuilder.kernelfetch import FetchedKernel
+from initbuilder.kernels.fetch import FetchedKernel
 from initkit.cli import Command
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from initbuilder.kernelconfig import (
+from initbuilder.kernels.config import (
     FRAGMENT,
     NOT_SET,
     check,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from synthetic_kernel import PAYLOAD_COMPRESSORS, VERSION, make_bzimage, pipe
 
-from initbuilder.kernel import (
+from initbuilder.kernels.formats import (
     ARM64_IMAGE,
     BZIMAGE,
     ELF_VMLINUX,

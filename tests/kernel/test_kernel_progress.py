@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from initbuilder.kernelprogress import BuildProgress, phase_of
+from initbuilder.kernels.progress import BuildProgress, phase_of
 
 LINES = """\
   SYNC    include/config/auto.conf

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from realparts import missing_part, need
 
-from initbuilder.kernelfetch import (
+from initbuilder.kernels.fetch import (
     DEFAULT_PACKAGE_RE,
     RELEASES,
     AptSource,

@@ -12,10 +12,10 @@ from realparts import need
 from synthetic_kernel import MODULE_COMPRESSORS, pipe
 
 from initbuilder.cpio import write_initrd
-from initbuilder.image import Image
-from initbuilder.kernelfetch import FetchedKernel
-from initbuilder.modinfo import read_module_bytes
-from initbuilder.modules import DEFAULT_MODULES, ModuleTree, add_modules, resolve
+from initbuilder.image import Image, Kind
+from initbuilder.kernels.fetch import FetchedKernel
+from initbuilder.kernels.modinfo import read_module_bytes
+from initbuilder.kernels.modules import DEFAULT_MODULES, ModuleTree, add_modules, resolve
 
 INIT = b"""#!/bin/sh
 mount -t proc proc /proc
@@ -59,7 +59,7 @@ def busybox_image() -> Image:
     image.add_file("bin/busybox", host=busybox)
     for applet in ("sh", "insmod", "cut", "poweroff", "mount", "echo"):
         image.add_symlink(f"bin/{applet}", "busybox")
-    image.add_device("dev/console", "c", 5, 1)
+    image.add_device("dev/console", Kind.CHAR, 5, 1)
     image.add_directory("proc")
     image.add_file("init", data=INIT, mode=0o755)
     return image

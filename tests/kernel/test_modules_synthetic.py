@@ -10,8 +10,8 @@ from synthetic_kernel import VERSION, ModuleTreeBuilder
 
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image, Kind
-from initbuilder.modinfo import read_modinfo
-from initbuilder.modules import ModuleTree, add_modules, find_tree, resolve
+from initbuilder.kernels.modinfo import read_modinfo
+from initbuilder.kernels.modules import ModuleTree, add_modules, find_tree, resolve
 from initbuilder.reader import read_initrd
 from initkit.errors import InitkitError
 

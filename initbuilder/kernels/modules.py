@@ -22,7 +22,7 @@ from pathlib import Path
 
 from guest import contract
 from initbuilder.image import Image
-from initbuilder.modinfo import (
+from initbuilder.kernels.modinfo import (
     ModInfo,
     module_name,
     read_builtin_modinfo,
@@ -244,7 +244,7 @@ def find_tree(kernel: Path | None = None, modules_dir: Path | None = None) -> Mo
 
 
 def _tree_for_kernel(kernel: Path) -> ModuleTree:
-    from initbuilder.kernel import kernel_release
+    from initbuilder.kernels.formats import kernel_release
 
     release = kernel_release(kernel)
     candidates = []
@@ -262,7 +262,7 @@ def _tree_for_kernel(kernel: Path) -> ModuleTree:
 
 
 def _check_version_matches(kernel: Path, modules_dir: Path) -> None:
-    from initbuilder.kernel import kernel_release
+    from initbuilder.kernels.formats import kernel_release
 
     release = kernel_release(Path(kernel))
     if modules_dir.name != release:

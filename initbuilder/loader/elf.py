@@ -71,7 +71,7 @@ class ElfInfo:
     flags_1: int
     dlopen: tuple[DlopenFeature, ...]
     # File ranges (offset, size) holding PT_INTERP and the dynamic string table, for
-    # same-length path rewriting (see initbuilder.nixstore).
+    # same-length path rewriting (see initbuilder.loader.nixstore).
     interp_range: tuple[int, int] | None = None
     dynstr_range: tuple[int, int] | None = None
 

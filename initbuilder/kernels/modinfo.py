@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import decompress, elf
+from initbuilder.kernels import decompress
+from initbuilder.loader import elf
 from initkit.errors import InitkitError, reading
 
 # Module file suffix -> compression, longest first so ".ko.zst" is not taken for ".ko".

@@ -18,7 +18,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import decompress, elf
+from initbuilder.kernels import decompress
+from initbuilder.loader import elf
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
 from initkit.errors import InitkitError, reading, writing
 from initkit.files import replacing, write_atomically

@@ -14,7 +14,7 @@ import platform
 import re
 from dataclasses import dataclass
 
-from initbuilder.elf import ElfInfo
+from initbuilder.loader.elf import ElfInfo
 
 # ld.so.cache entry flags (glibc's ldconfig.h): the library type in the low byte,
 # the ABI variant in the high byte.

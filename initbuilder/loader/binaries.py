@@ -2,8 +2,9 @@
 
 Every file lands at the path the loader opens it by, and every symlink met on the way
 is kept as a symlink (with what it points to), so the guest loader walks the same
-paths the host one does. Shebang scripts bring their interpreter (and, for
-``#!/usr/bin/env NAME``, NAME). Files from /nix/store are relocated (initbuilder.nixstore).
+paths the host one does (initbuilder.hostfiles walks them). Shebang scripts bring their
+interpreter (and, for ``#!/usr/bin/env NAME``, NAME). Files from /nix/store are
+relocated (initbuilder.loader.nixstore).
 """
 
 from __future__ import annotations
@@ -12,21 +13,32 @@ import contextlib
 import logging
 import os
 import posixpath
-import stat
+from collections.abc import Sequence
+from pathlib import Path
 
 from guest.contract import DEFAULT_PATH
-from initbuilder.closure import Resolver
-from initbuilder.elf import is_elf
+from initbuilder.hostfiles import HostFiles
 from initbuilder.image import Image, Kind
-from initbuilder.linkmap import Closure, LoadedObject
-from initbuilder.nixstore import StoreRelocation, rewritten_copy
+from initbuilder.loader.closure import Resolver
+from initbuilder.loader.elf import ElfInfo, is_elf
+from initbuilder.loader.linkmap import Closure, LoadedObject
+from initbuilder.loader.nixstore import StoreRelocation
 from initkit.errors import InitkitError
 
 log = logging.getLogger("initkit.closure")
 
-_MAX_LINK_HOPS = 40
 _MAX_INTERPRETER_DEPTH = 4  # the kernel's limit on nested #! interpreters
 _SHEBANG_MAX = 256
+
+
+def add_binaries(image: Image, names: Sequence[str], *, root: Path | None = None,
+                 library_path: Sequence[str] = (), dlopen: str = "recommended",
+                 allow_missing: bool = False) -> list[str]:
+    """Add each binary (NAME looked up on PATH, PATH as is; shebang scripts with their
+    interpreter; shared objects too) with its interpreter and closure to ``image``;
+    return the guest paths to invoke them by, in order."""
+    adder = BinaryAdder(image, Resolver(root, library_path, dlopen), allow_missing=allow_missing)
+    return [adder.add(name) for name in names]
 
 
 class BinaryAdder:
@@ -39,7 +51,7 @@ class BinaryAdder:
         self.root = resolver.root
         self.allow_missing = allow_missing
         self.relocation = relocation or StoreRelocation()
-        self._done: dict[str, str] = {}  # guest path walked -> image path of the file
+        self.files = HostFiles(image, self.root, self.relocation)
 
     # -- programs -------------------------------------------------------------------
     def add(self, name: str) -> str:
@@ -92,12 +104,15 @@ class BinaryAdder:
 
     def add_closure(self, closure: Closure, why: str = "") -> None:
         """Add every file of a resolved closure at the paths the loader opens."""
-        self.add_path(closure.main.path or closure.file, why or closure.file)
+        self.add_path(closure.main.path or closure.file, why or closure.file,
+                      elf=closure.main.info)
         for obj in closure.objects()[1:]:
             assert obj.path is not None
-            self.add_path(obj.path, obj.rule)
+            self.add_path(obj.path, obj.rule, elf=obj.info)
             if obj.baseline:
-                self.add_path(obj.baseline, "baseline copy of a glibc-hwcaps library")
+                probe = self.resolver.tree.probe(obj.baseline)
+                self.add_path(obj.baseline, "baseline copy of a glibc-hwcaps library",
+                              elf=probe.info if probe is not None else None)
             if obj.kind in ("cache", "library_path"):
                 self._default_dir_link(obj, closure.default_dirs)
         for unmet in closure.unmet:
@@ -115,7 +130,7 @@ class BinaryAdder:
         directory = default_dirs[0]
         # Not in the tree: then the link's parents are implied instead.
         with contextlib.suppress(InitkitError):
-            self.add_directory_path(directory, "default library directory")
+            self.files.add_directory(directory, "default library directory")
         link = directory + name
         existing = self.image.get(self.image.resolve(link.lstrip("/")))
         # As the loader spelled it: ".." must resolve after the symlinks, in the guest too.
@@ -160,120 +175,11 @@ class BinaryAdder:
         return invoked
 
     # -- files, keeping symlinks ----------------------------------------------------
-    def add_path(self, guest: str, why: str = "") -> str:
+    def add_path(self, guest: str, why: str = "", *, elf: ElfInfo | None = None) -> str:
         """Add the file at ``guest`` at the same path, recreating each symlink met on the
-        way (in directories and at the end) and adding what it points to; return the
-        image path of the final regular file."""
-        if not guest.startswith("/"):
-            guest = os.path.abspath(guest) if self.root.is_host else "/" + guest
-        done = self._done.get(guest)
-        if done is None:
-            host_at, image_at = self._walk(guest, why)
-            done = self._add_regular(host_at, image_at, guest, why)
-            self._done[guest] = done
-        return done
-
-    def add_directory_path(self, guest: str, why: str = "") -> str:
-        """Make directory ``guest`` exist in the image the way it exists in the tree."""
-        _, image_at = self._walk(guest, why)
-        return self.image.add_directory(self.relocation.relocate(image_at), source=why,
-                                        weak=True)
-
-    def _walk(self, guest: str, why: str) -> tuple[str, str]:
-        """Follow ``guest`` in the tree, adding each symlink on the way; return the
-        symlink-free tree path and where the entry goes in the image."""
-        parts = [p for p in guest.split("/") if p]
-        host_at = "/"  # symlink-free path in the tree
-        image_at: str | None = "/"  # where entries go in the image, while in step
-        literal: str | None = None  # the image keeps a directory where the tree has a link
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == ".":
-                continue
-            if part == "..":
-                host_at = posixpath.dirname(host_at)
-                image_at = posixpath.dirname(image_at) if image_at else None
-                continue
-            host_next = posixpath.join(host_at, part)
-            try:
-                st = os.lstat(self.root.host_literal(host_next))
-            except OSError as exc:
-                raise InitkitError(f"{guest}: cannot add it: {host_next} "
-                                   f"({exc.strerror})") from None
-            if not stat.S_ISLNK(st.st_mode):
-                host_at = host_next
-                image_at = posixpath.join(image_at, part) if image_at else None
-                continue
-            hops += 1
-            if hops > _MAX_LINK_HOPS:
-                raise InitkitError(f"{guest}: too many levels of symbolic links")
-            target = os.readlink(self.root.host_literal(host_next))
-            if image_at is not None:
-                link_at = posixpath.join(image_at, part)
-                if self._keeps_directory(link_at):
-                    # Put the entry below the image's directory, under the same names.
-                    literal = posixpath.normpath(posixpath.join(link_at, *parts))
-                    image_at = None
-                else:
-                    text = self.relocation.link_target(link_at, target)
-                    self.image.add_symlink(self.relocation.relocate(link_at), text,
-                                           source=why or guest)
-            parts = [p for p in target.split("/") if p] + parts
-            host_at = "/" if target.startswith("/") else host_at
-            image_at = host_at if image_at is not None else None
-        return host_at, image_at if image_at is not None else str(literal)
-
-    def _keeps_directory(self, image_path: str) -> bool:
-        rel = image_path.lstrip("/")
-        entry = self.image.get(self.image.resolve(rel)) if rel else None
-        if entry is None or entry.kind is not Kind.DIR:
-            return False
-        return not entry.weak or self._has_children(rel)
-
-    def _has_children(self, rel: str) -> bool:
-        prefix = rel + "/"
-        return any(path.startswith(prefix) for path, _ in self.image.items())
-
-    def _add_regular(self, host_at: str, image_at: str, guest: str, why: str) -> str:
-        host = self.root.host_literal(host_at)
-        st = os.stat(host)
-        if not stat.S_ISREG(st.st_mode):
-            raise InitkitError(f"{guest}: {host_at} is not a regular file")
-        dest = self.relocation.relocate(image_at)
-        rewritten = self._rewrite(host, host_at)
-        source = f"closure: {why}" if why else "closure"
-        if rewritten is not None:
-            self.image.add_file(dest, host=rewritten, mode=stat.S_IMODE(st.st_mode),
-                                source=f"{source} ({host_at}, store paths relocated)")
-        else:
-            self.image.add_file(dest, host=host, source=f"{source} ({host_at})")
-        log.info("added %s%s", dest, f" ({why})" if why else "")
-        return dest
-
-    def _rewrite(self, host: str, host_at: str) -> os.PathLike[str] | None:
-        """A copy with store paths relocated, when the loader would read any."""
-        probe = self.resolver.probe(host_at) if not self.root.is_host else \
-            self.resolver.probe(host)
-        with open(host, "rb") as f:
-            head = f.read(_SHEBANG_MAX)
-            if head.startswith(b"#!"):
-                end = head.find(b"\n")
-                ranges = [(0, end if end >= 0 else len(head))]
-            elif probe is not None and probe.info is not None:
-                ranges = [r for r in (probe.info.interp_range, probe.info.dynstr_range) if r]
-            else:
-                return None
-            chunks = []
-            for offset, size in ranges:
-                f.seek(offset)
-                chunks.append(f.read(size))
-        if not any(self.relocation.mentions_store(c) for c in chunks):
-            return None
-        with open(host, "rb") as f:
-            data = f.read()
-        new = self.relocation.rewrite(data, ranges)
-        return rewritten_copy(new, host) if new is not None else None
+        way and adding what it points to; return the image path of the final regular
+        file. ``elf``: its ELF facts, for relocating the store paths the loader reads."""
+        return self.files.add(guest, f"closure: {why}" if why else "closure", elf=elf)
 
 
 def _env_program(interpreter: str, argument: str) -> str | None:

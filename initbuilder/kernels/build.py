@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from initbuilder import kernelconfig
-from initbuilder.kernelprogress import BuildProgress
-from initbuilder.kernelsource import (
+from initbuilder.kernels import config as kernelconfig
+from initbuilder.kernels.progress import BuildProgress
+from initbuilder.kernels.source import (
     KernelSource,
     debian_source,
     given_source,

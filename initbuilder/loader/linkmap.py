@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from initbuilder.elf import DlopenFeature, ElfInfo
+from initbuilder.loader.elf import DlopenFeature, ElfInfo
 
 
 @dataclass(eq=False)

@@ -12,19 +12,19 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING
 
-from initbuilder.elf import DlopenFeature, ElfInfo
-from initbuilder.linkmap import Closure, Edge, LinkMap, LoadedObject, UnmetFeature
+from initbuilder.loader.elf import DlopenFeature, ElfInfo
+from initbuilder.loader.linkmap import Closure, Edge, LinkMap, LoadedObject, UnmetFeature
+from initbuilder.loader.treecache import Probe, TreeCache
 
 if TYPE_CHECKING:
-    from initbuilder.closure import Probe, Resolver
-    from initbuilder.ldso import LoaderFacts
+    from initbuilder.loader.ldso import LoaderFacts
 
 DLOPEN_LEVELS = {"none": 0, "required": 1, "recommended": 2, "suggested": 3}
 _VALID_OSABI = ("ELFOSABI_SYSV", "ELFOSABI_LINUX")
 _IDENT = re.compile(r"[A-Za-z0-9_]")
 
 # (path as the loader built it, what is there, kind of rule, the rule for people)
-Hit = tuple[str, "Probe", str, str]
+Hit = tuple[str, Probe, str, str]
 
 
 class LoadError(Exception):
@@ -89,22 +89,24 @@ class Search:
     """Resolves one FILE: builds its link map the way ld.so would at startup,
     then follows the dlopen notes."""
 
-    def __init__(self, resolver: Resolver, file: str, guest: str, info: ElfInfo,
-                 identity: tuple[int, int]) -> None:
-        self.r = resolver
+    def __init__(self, tree: TreeCache, file: str, guest: str, info: ElfInfo,
+                 identity: tuple[int, int], *, library_path: str = "",
+                 dlopen_level: int = DLOPEN_LEVELS["recommended"]) -> None:
+        self.tree = tree
+        self.dlopen_level = dlopen_level
         self.info = info
-        self.facts = resolver.facts(info, info.interpreter)
+        self.facts = tree.facts(info, info.interpreter)
         self.map = LinkMap()
         self.queue: deque[LoadedObject] = deque()
         # Executed programs get $ORIGIN from /proc/self/exe (symlinks resolved); a
         # library given directly is treated as dlopen()ed by that path.
         program = info.interpreter is not None
-        origin_of = resolver.root.resolve(guest) if program else guest
+        origin_of = tree.root.resolve(guest) if program else guest
         self.main = LoadedObject(guest, info, [guest], None, "main", "main", identity,
                                  posixpath.dirname(origin_of), label=file)
         self.file = file
         self._dirs: dict[tuple[int, str], list[str]] = {}
-        llp = expand_path(resolver.library_path, ":;", self.main.origin, self.facts)
+        llp = expand_path(library_path, ":;", self.main.origin, self.facts)
         self.library_path = llp
 
     # -- driver -------------------------------------------------------------------
@@ -136,7 +138,7 @@ class Search:
             if not (self.info.dynamic and self.info.needed) or not self.facts.interpreter:
                 return None
             path = self.facts.interpreter
-        probe = self.r.probe(path)
+        probe = self.tree.probe(path)
         if probe is None or probe.info is None:
             if reported:
                 why = "not found" if probe is None else probe.error or "unreadable"
@@ -160,7 +162,7 @@ class Search:
         assert obj.info is not None
         unmet: list[UnmetFeature] = []
         for feature in obj.info.dlopen:
-            if DLOPEN_LEVELS[feature.priority] > self.r.dlopen_level:
+            if DLOPEN_LEVELS[feature.priority] > self.dlopen_level:
                 continue
             target = None
             for soname in feature.sonames:
@@ -195,7 +197,7 @@ class Search:
         try:
             hit: Hit | None = None
             if "/" in name:
-                probe = self.r.probe(name)
+                probe = self.tree.probe(name)
                 if probe is not None and self._accept(name, probe):
                     hit = (name, probe, "path", "path in DT_NEEDED")
             else:
@@ -274,7 +276,7 @@ class Search:
         cached = self._cache_lookup(name, hwcaps)
         # DF_1_NODEFLIB drops cache entries inside the default directories, and those.
         if cached and not (info.nodeflib and cached.startswith(self.facts.system_dirs)):
-            probe = self.r.probe(cached)
+            probe = self.tree.probe(cached)
             if probe is not None and self._accept(cached, probe):
                 return cached, probe, "cache", "ld.so.cache"
         if not info.nodeflib:
@@ -283,21 +285,21 @@ class Search:
         return None
 
     def _cache_lookup(self, name: str, hwcaps: tuple[str, ...]) -> str | None:
-        cache = self.r.ld_cache(self.facts)
+        cache = self.tree.ld_cache(self.facts)
         if cache is not None:
             return cache.lookup(name, self.facts.cache_flags, hwcaps)
-        return self.r.conf_index(self.info, self.facts).lookup(name, hwcaps)
+        return self.tree.conf_index(self.info, self.facts).lookup(name, hwcaps)
 
     def _in_dirs(self, name: str, dirs: list[str], hwcaps: tuple[str, ...], kind: str,
                  rule: str) -> Hit | None:
         for directory in dirs:
             for sub in hwcaps:
                 candidate = f"{directory}glibc-hwcaps/{sub}/{name}"
-                probe = self.r.probe(candidate)
+                probe = self.tree.probe(candidate)
                 if probe is not None and self._accept(candidate, probe):
                     return candidate, probe, kind, f"{rule}, glibc-hwcaps/{sub}"
             candidate = directory + name
-            probe = self.r.probe(candidate)
+            probe = self.tree.probe(candidate)
             if probe is not None and self._accept(candidate, probe):
                 return candidate, probe, kind, rule
         return None

@@ -11,9 +11,8 @@ import os
 import posixpath
 import stat
 
+from initbuilder.linklimit import MAX_LINK_HOPS
 from initkit.errors import InitkitError
-
-_MAX_LINK_HOPS = 40  # the kernel's limit
 
 
 class Sysroot:
@@ -81,7 +80,7 @@ class Sysroot:
             return candidate
         if not stat.S_ISLNK(st.st_mode):
             return candidate
-        if hops >= _MAX_LINK_HOPS:
+        if hops >= MAX_LINK_HOPS:
             raise InitkitError(f"{self.root}: {candidate}: too many levels of symbolic links")
         target = os.readlink(self.root + candidate)
         base = "/" if target.startswith("/") else parent

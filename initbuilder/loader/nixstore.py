@@ -18,14 +18,19 @@ import os
 import posixpath
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
 from initkit.errors import InitkitError
 from initkit.files import write_atomically
 
+if TYPE_CHECKING:
+    from initbuilder.loader.elf import ElfInfo
+
 NIX_STORE = "/nix/store"
 PRIVATE_STORE = "/usr/lib/initkit/store"
 _HASH = 32  # nix store path hashes: 32 base-32 characters
+_SHEBANG_MAX = 256  # how much of a #! line the kernel reads (BINPRM_BUF_SIZE)
 
 
 class StoreRelocation:
@@ -89,6 +94,30 @@ class StoreRelocation:
 
     def mentions_store(self, data: bytes) -> bool:
         return self._pattern.search(data) is not None
+
+    def relocated_copy(self, host: str | os.PathLike[str], elf: ElfInfo | None) -> Path | None:
+        """A copy of the file at ``host`` whose loader strings (PT_INTERP and the dynamic
+        string table from ``elf``, its facts, or a script's ``#!`` line) have store paths
+        relocated, kept in the cache; None when those strings name no store path."""
+        with open(host, "rb") as f:
+            head = f.read(_SHEBANG_MAX)
+            if head.startswith(b"#!"):
+                end = head.find(b"\n")
+                ranges = [(0, end if end >= 0 else len(head))]
+            elif elf is not None:
+                ranges = [r for r in (elf.interp_range, elf.dynstr_range) if r]
+            else:
+                return None
+            chunks = []
+            for offset, size in ranges:
+                f.seek(offset)
+                chunks.append(f.read(size))
+            if not any(self.mentions_store(c) for c in chunks):
+                return None
+            f.seek(0)
+            data = f.read()
+        new = self.rewrite(data, ranges)
+        return rewritten_copy(new, os.fspath(host)) if new is not None else None
 
 
 def _top(path: str, store: str) -> str:

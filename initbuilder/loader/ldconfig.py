@@ -16,8 +16,8 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from initbuilder.elf import ElfError, ElfInfo, read_elf
-from initbuilder.sysroot import Sysroot
+from initbuilder.loader.elf import ElfError, ElfInfo, read_elf
+from initbuilder.loader.sysroot import Sysroot
 
 log = logging.getLogger("initkit.closure")
 
