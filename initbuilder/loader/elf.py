@@ -112,6 +112,7 @@ def _advanced(little_endian: bool, elfclass: int, e_type: str | int, machine: st
               osabi: str | int) -> ELFStructs:
     structs = ELFStructs(little_endian=little_endian, elfclass=elfclass)
     structs.create_basic_structs()
+    # Its hints say str, but unknown values stay ints, and ELFFile passes those itself.
     structs.create_advanced_structs(e_type, machine, osabi)  # type: ignore[arg-type]
     return structs
 
