@@ -36,6 +36,7 @@ def test_reads_what_the_loader_needs(build: Builder) -> None:
     assert prog.needed == ("libthing.so.1", "libz.so.1", "libc.so.6")  # in DT_NEEDED order
     assert (prog.rpath, prog.runpath) == (None, "/opt/u")
     assert not prog.nodeflib and prog.soname is None
+    assert prog.interp_range is not None
     assert root.joinpath("bin/prog").read_bytes()[prog.interp_range[0]:][:27] == \
         b"/lib64/ld-linux-x86-64.so.2"
 
