@@ -39,9 +39,9 @@ def stage(root: Path) -> int:
     return sum(len(dirs) + len(files) for _, dirs, files in os.walk(root))
 
 
-def timed(argv: list[str] | str, **kw: object) -> float:
+def timed(argv: list[str] | str, *, shell: bool = False, cwd: Path | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, check=True, **kw)  # type: ignore[call-overload]
+    subprocess.run(argv, check=True, shell=shell, cwd=cwd)
     return time.perf_counter() - start
 
 

@@ -85,7 +85,9 @@ def view_figure(runs: int, view: StoreView, target: Path) -> None:
                        preexec_fn=child_setup(view=built.mounts if built else None))
 
     if os.geteuid() == 0:
-        with_view, without = [], []  # interleaved, so both see the same machine load
+        # Interleaved, so both see the same machine load.
+        with_view: list[float] = []
+        without: list[float] = []
         for i in range(runs + 1):
             clear()
             for times, mounts in ((with_view, True), (without, False)):

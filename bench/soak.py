@@ -24,6 +24,7 @@ cache, unless --kernel names one.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import random
 import shutil
@@ -151,8 +152,9 @@ FAULTS = [
 
 
 def _pump(run: Run) -> None:
-    assert run.proc.stdout is not None
-    while chunk := run.proc.stdout.read1(65536):
+    stream = run.proc.stdout
+    assert isinstance(stream, io.BufferedReader)  # a pipe, buffered (Popen's default)
+    while chunk := stream.read1(65536):
         run.output += chunk
         if READY in run.output:
             run.ready.set()
@@ -179,7 +181,7 @@ def _sockets(root: Path, names: set[str]) -> int:
     count = 0
     for name in names:
         top = root / name
-        count += top.is_socket() or sum(1 for p in top.rglob("*") if p.is_socket())
+        count += 1 if top.is_socket() else sum(1 for p in top.rglob("*") if p.is_socket())
     return count
 
 

@@ -14,6 +14,12 @@ from guest import contract
 from guest.boot import Outcome, boot
 from guest.system import System
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which is slow at boot
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from guest.interface import SystemInterface
+
 # How long stray processes get between SIGTERM and SIGKILL once the action is over.
 _GRACE_SECONDS = 1.0
 
@@ -31,8 +37,8 @@ def main(started: float | None = None) -> None:
     _hang()
 
 
-def run(make_system: type[System], started: float,
-        imported: float | None = None) -> tuple[System | None, Outcome]:
+def run(make_system: Callable[[], SystemInterface], started: float,
+        imported: float | None = None) -> tuple[SystemInterface | None, Outcome]:
     """Boot and run the action; any exception is printed and becomes status 125."""
     outcome = Outcome()
     system = None
@@ -55,7 +61,7 @@ def _report_crash(exc: BaseException) -> None:
         pass  # nothing left to tell it with
 
 
-def finish(system: System | None, outcome: Outcome) -> None:
+def finish(system: SystemInterface | None, outcome: Outcome) -> None:
     """End stray processes, report the status, sync, power off (returns only if refused)."""
     record = contract.record(outcome.nonce, outcome.status)
     if system is not None:

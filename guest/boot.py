@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-
 from guest import plan as steps
 from guest.cmdline import parse
 from guest.contract import (
@@ -17,10 +15,13 @@ from guest.contract import (
     ExitStatus,
     ready_record,
 )
-from guest.system import ShutdownRequested, System
+from guest.system import ShutdownRequested
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which is slow at boot
+if TYPE_CHECKING:
+    from guest.interface import SystemInterface
 
 _FIND_CHUNK = 1 << 16
-_NOT_FOUND_ERRNOS = (errno.ENOENT, errno.ENOTDIR)
 
 
 class Outcome:
@@ -36,7 +37,7 @@ class Outcome:
 class Timeline:
     """Phase timings for ``initkit.debug``, in seconds since boot."""
 
-    def __init__(self, system: System, started: float) -> None:
+    def __init__(self, system: SystemInterface, started: float) -> None:
         self._now = system.now
         self.started = started
         self.marks: list[tuple[str, float]] = []
@@ -65,7 +66,7 @@ class Timeline:
         return lines
 
 
-def boot(system: System, outcome: Outcome, started: float,
+def boot(system: SystemInterface, outcome: Outcome, started: float,
          imported: float | None = None) -> None:
     """Everything PID 1 does before powering off; sets ``outcome``. ``started`` is when
     /init's code began, ``imported`` when the guest package had been imported."""
@@ -105,12 +106,14 @@ def boot(system: System, outcome: Outcome, started: float,
 
 def describe(exc: OSError) -> str:
     """``errno 2 ENOENT (No such file or directory)``: the kernel's errno, spelled out."""
+    import errno  # where errors are reported only: it costs ~2 ms of every boot under TCG
+
     number = exc.errno or 0
     name = errno.errorcode.get(number, "?")
     return f"errno {number} {name} ({exc.strerror})"
 
 
-def run_steps(plan_steps: tuple[steps.Step, ...], system: System,
+def run_steps(plan_steps: tuple[steps.Step, ...], system: SystemInterface,
               timeline: Timeline) -> str | None:
     """Run every step; report failures. Returns the message of a fatal failure, or None."""
     for step in plan_steps:
@@ -146,7 +149,7 @@ def _label(step: steps.Step) -> str:
     return f"create {step.path}"
 
 
-def _run_step(step: steps.Step, system: System) -> None:
+def _run_step(step: steps.Step, system: SystemInterface) -> None:
     if isinstance(step, steps.Mount):
         if not step.flags & steps.MS_REMOUNT:
             system.make_dir(step.target)
@@ -165,7 +168,7 @@ def _run_step(step: steps.Step, system: System) -> None:
         raise TypeError(f"unknown step {step!r}")
 
 
-def run_action(action: steps.Action, system: System, *, debug: bool = False) -> ExitStatus:
+def run_action(action: steps.Action, system: SystemInterface, *, debug: bool = False) -> ExitStatus:
     """Carry out the one action and say how it ended."""
     if isinstance(action, steps.ListTree):
         return _list_tree(action, system)
@@ -179,7 +182,7 @@ def run_action(action: steps.Action, system: System, *, debug: bool = False) -> 
     raise TypeError(f"unknown action {action!r}")
 
 
-def _list_tree(action: steps.ListTree, system: System) -> ExitStatus:
+def _list_tree(action: steps.ListTree, system: SystemInterface) -> ExitStatus:
     pending = bytearray()
     failed = False
     for path, error in system.walk(action.root.encode("utf-8", "surrogateescape")):
@@ -198,7 +201,7 @@ def _list_tree(action: steps.ListTree, system: System) -> ExitStatus:
     return ExitStatus.exited(1 if failed else 0)
 
 
-def _spawn(action: steps.Spawn, system: System, debug: bool) -> ExitStatus:
+def _spawn(action: steps.Spawn, system: SystemInterface, debug: bool) -> ExitStatus:
     if debug:  # otherwise the console carries only the program's own output
         system.say(f"running {action.what}: {' '.join(action.argv)}")
     try:
@@ -217,9 +220,11 @@ def _spawn(action: steps.Spawn, system: System, debug: bool) -> ExitStatus:
             system.say(f"reaped orphan {ended} ({ExitStatus.from_wait(status)})")
 
 
-def _exec_failure(program: str, exc: OSError, system: System) -> ExitStatus:
+def _exec_failure(program: str, exc: OSError, system: SystemInterface) -> ExitStatus:
     """A shell's answer to a failed exec: 127 not found, 126 found but not runnable."""
-    code = NOT_FOUND if exc.errno in _NOT_FOUND_ERRNOS else NOT_EXECUTABLE
+    import errno  # see describe()
+
+    code = NOT_FOUND if exc.errno in (errno.ENOENT, errno.ENOTDIR) else NOT_EXECUTABLE
     why = describe(exc)
     if exc.errno == errno.ENOENT and "/" in program and system.exists(program):
         why += "; the file exists, so its ELF interpreter or #! interpreter is missing"
@@ -227,10 +232,12 @@ def _exec_failure(program: str, exc: OSError, system: System) -> ExitStatus:
     return ExitStatus.exited(code)
 
 
-def _switch_root(action: steps.SwitchRoot, system: System) -> ExitStatus:
+def _switch_root(action: steps.SwitchRoot, system: SystemInterface) -> ExitStatus:
     new_root, init = action.new_root, action.argv[0]
     if init.startswith(STORE + "/") and not system.exists(init):
         # Checked before anything is torn down, so a typo leaves a working initrd.
+        import errno  # see describe()
+
         return _exec_failure(init, OSError(errno.ENOENT, "No such file or directory"), system)
     try:
         system.make_dir(new_root)

@@ -29,7 +29,7 @@ NEEDS_BUSYBOX = "rebuild the initrd with `initbuilder build --busybox`"
 class _Record:
     """Value semantics for the small step classes (no dataclasses: importing them is slow)."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
     def _values(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)

@@ -1,25 +1,38 @@
-"""The only module that touches the OS: mounts, modules, processes, power, the console.
+"""The operating system as PID 1 uses it: mounts, modules, processes, power, the console.
 
-Everything goes through posix and libc (mount, umount2, syscall, ioctl, reboot), called
-through _ctypes, the C half of ctypes (see _libc_functions). posix is what os wraps:
-importing os (with posixpath, _collections_abc, stat) costs ~14 ms of every boot under
-TCG, and PID 1 needs none of its Python layer but the few helpers at the end of this file.
-Tests pass a recording fake with the same methods to guest.boot instead.
+The one module whose methods touch the OS. Everything goes through posix and libc's
+mount, umount2, syscall, ioctl and reboot, bound by guest.libc through _ctypes; the few
+helpers of os that PID 1 needs are guest.osfuncs (importing os costs at every boot).
+guest.boot is written against guest.interface.SystemInterface, which System implements
+and the tests' recording fake imitates.
 """
 
 from __future__ import annotations
 
+# errno is imported where an error is handled, never at the top: it costs ~2 ms of every
+# boot under TCG.
 import _signal  # the public signal module imports enum, which costs at every boot
-import errno
 import io
 import posix  # not os: see the module docstring
 import sys
 import time
 
+from guest import libc
+from guest.osfuncs import (
+    S_IFCHR,
+    S_IFDIR,
+    S_IFMT,
+    execvpe,
+    fsdecode,
+    fsencode,
+    lexists,
+    make_dirs,
+    read_file,
+)
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which is slow at boot
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import Any
 
 # reboot(2) commands (linux/reboot.h).
 RB_POWER_OFF = 0x4321FEDC
@@ -35,7 +48,7 @@ _TCSBRK = {"mips": 0x5405, "mips64": 0x5405, "ppc64": 0x2000741D, "ppc64le": 0x2
 _GENERIC_TCSBRK = 0x5409
 CMDLINE_ENV = "INITKIT_TEST_CMDLINE"  # test-only: the command line when /proc's is not ours
 SHELL_CANDIDATES = (("/bin/sh",), ("/bin/busybox", "sh"))
-_WRITE_CHUNK = 1 << 16
+_EIO = 5  # errno's EIO, the same on every Linux architecture (asm-generic/errno-base.h)
 
 
 class ShutdownRequested(Exception):
@@ -54,13 +67,13 @@ class System:
     """The real operating system, as PID 1 sees it."""
 
     def __init__(self) -> None:
-        libc = _libc_functions()
-        self._mount = libc["mount"]
-        self._umount2 = libc["umount2"]
-        self._syscall = libc["syscall"]
-        self._ioctl = libc["ioctl"]
-        self._reboot = libc["reboot"]
-        self._get_errno = libc["get_errno"]
+        functions = libc.bind()
+        self._mount = functions["mount"]
+        self._umount2 = functions["umount2"]
+        self._syscall = functions["syscall"]
+        self._ioctl = functions["ioctl"]
+        self._reboot = functions["reboot"]
+        self._get_errno = functions["get_errno"]
         self._machine = posix.uname().machine
 
     # -- time and output -------------------------------------------------------------
@@ -137,7 +150,7 @@ class System:
             except OSError:
                 stale.append(fd)
                 continue
-            if (console is not None and st.st_mode & _S_IFMT == _S_IFCHR
+            if (console is not None and st.st_mode & S_IFMT == S_IFCHR
                     and st.st_rdev == console.st_rdev
                     and (st.st_dev, st.st_ino) != (console.st_dev, console.st_ino)):
                 stale.append(fd)
@@ -167,20 +180,20 @@ class System:
         test = posix.environ.get(CMDLINE_ENV.encode())
         if test is not None:
             return test
-        return _read_file("/proc/cmdline")
+        return read_file("/proc/cmdline")
 
     @staticmethod
     def read_text(path: str) -> str | None:
         """A file's text, or None if it does not exist."""
         try:
-            return _fsdecode(_read_file(path))
+            return fsdecode(read_file(path))
         except FileNotFoundError:
             return None
 
     @staticmethod
     def environ() -> dict[str, str]:
         """The environment the kernel gave init (HOME, TERM, unknown key=value words)."""
-        return {_fsdecode(k): _fsdecode(v) for k, v in posix.environ.items()}
+        return {fsdecode(k): fsdecode(v) for k, v in posix.environ.items()}
 
     @staticmethod
     def find_shell() -> tuple[str, ...] | None:
@@ -192,11 +205,11 @@ class System:
 
     @staticmethod
     def make_dir(path: str) -> None:
-        _make_dirs(path)
+        make_dirs(path)
 
     @staticmethod
     def symlink(path: str, target: str) -> None:
-        if not _lexists(path):
+        if not lexists(path):
             posix.symlink(target, path)
 
     @staticmethod
@@ -243,24 +256,28 @@ class System:
     # -- mounts and modules -----------------------------------------------------------
     def mount(self, source: str, target: str, fstype: str | None, flags: int,
               data: str) -> None:
-        ret = self._mount(_fsencode(source), _fsencode(target),
+        ret = self._mount(fsencode(source), fsencode(target),
                           None if fstype is None else fstype.encode(), flags,
                           data.encode() if data else None)
         if ret != 0:
             _raise_errno(self._get_errno(), target)
 
     def umount(self, target: str, flags: int = 0) -> None:
-        if self._umount2(_fsencode(target), flags) != 0:
+        if self._umount2(fsencode(target), flags) != 0:
             _raise_errno(self._get_errno(), target)
 
     def load_module(self, path: str) -> None:
         """finit_module(2) a plain .ko; EEXIST (already loaded) counts as success."""
         number = _FINIT_MODULE.get(self._machine)
         if number is None:
+            import errno
+
             raise OSError(errno.ENOSYS, f"finit_module: unknown machine {self._machine}", path)
         fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
         try:
             if self._syscall(number, fd, b"", 0) != 0:
+                import errno
+
                 err = self._get_errno()
                 if err != errno.EEXIST:
                     raise OSError(err, posix.strerror(err), path)
@@ -297,11 +314,11 @@ class System:
                 # Ignored signals survive exec; Python ignores these two for itself.
                 for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):
                     _signal.signal(signum, _signal.SIG_DFL)
-                _execvpe(argv[0], list(argv), env)
+                execvpe(argv[0], list(argv), env)
             except OSError as exc:
-                posix.write(write_end, str(exc.errno or errno.EIO).encode())
+                posix.write(write_end, str(exc.errno or _EIO).encode())
             except BaseException:
-                posix.write(write_end, str(errno.EIO).encode())
+                posix.write(write_end, str(_EIO).encode())
             finally:
                 posix._exit(code)
         posix.close(write_end)
@@ -345,7 +362,7 @@ class System:
     # -- switching root and powering off ------------------------------------------------
     @staticmethod
     def exists(path: str) -> bool:
-        return _lexists(path)
+        return lexists(path)
 
     @staticmethod
     def remove_tree_on_root(keep: str) -> int:
@@ -360,6 +377,8 @@ class System:
                 try:
                     posix.rmdir(path)
                 except OSError as exc:
+                    import errno
+
                     # Still holding a mount point, which stays: expected, not a failure.
                     failures += exc.errno not in (errno.ENOTEMPTY, errno.EBUSY)
                 continue
@@ -371,7 +390,7 @@ class System:
                     st = posix.lstat(child)
                     if st.st_dev != root_dev or child == keep:
                         continue
-                    if st.st_mode & _S_IFMT == _S_IFDIR:
+                    if st.st_mode & S_IFMT == S_IFDIR:
                         stack.append((child, False))
                     else:
                         posix.unlink(child)
@@ -414,134 +433,5 @@ class System:
             _raise_errno(self._get_errno(), "reboot")
 
 
-
 def _raise_errno(err: int, what: str) -> None:
     raise OSError(err, posix.strerror(err), what)
-
-
-# libc's functions and their C signatures: "i" int, "l" long, "L" unsigned long,
-# "z" char * (bytes or None).
-LIBC_SIGNATURES = {
-    "mount": ("z", "z", "z", "L", "z"),
-    "umount2": ("z", "i"),
-    "syscall": ("l", "l", "z", "l"),  # finit_module(fd, params, flags)
-    "ioctl": ("i", "L", "l"),
-    "reboot": ("i",),
-}
-
-
-def _libc_functions(lean: bool = True) -> dict[str, Any]:
-    """The functions of LIBC_SIGNATURES (each returns int and keeps errno for
-    "get_errno"), bound through _ctypes, the C half of ctypes.
-
-    Importing the ctypes package costs ~25 ms of every boot under TCG (its Python
-    layer, struct, types) for five functions; _ctypes gives them directly. Its
-    interface (CFuncPtr, _SimpleCData, dlopen) is CPython's own rather than a
-    documented one, so any surprise there falls back to the ctypes package.
-    """
-    if lean:
-        try:
-            return _bind_with_ctypes_core()
-        except (ImportError, AttributeError, TypeError):
-            pass
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    types = {"i": ctypes.c_int, "l": ctypes.c_long, "L": ctypes.c_ulong,
-             "z": ctypes.c_char_p}
-    functions: dict[str, Any] = {"get_errno": ctypes.get_errno}
-    for name, signature in LIBC_SIGNATURES.items():
-        function = getattr(libc, name)
-        function.argtypes = [types[code] for code in signature]
-        function.restype = ctypes.c_int
-        functions[name] = function
-    return functions
-
-
-def _bind_with_ctypes_core() -> dict[str, Any]:
-    import _ctypes
-
-    # ctypes.c_int and friends are these same one-line classes.
-    types = {code: type(f"c_{code}", (_ctypes._SimpleCData,), {"_type_": code})
-             for code in "ilLz"}
-
-    class Function(_ctypes.CFuncPtr):  # what ctypes.CDLL(None, use_errno=True) makes
-        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-        _restype_ = types["i"]
-
-    class Library:  # CFuncPtr((name, library)) looks the name up in library._handle
-        _handle = _ctypes.dlopen(None, 0)
-
-    functions: dict[str, Any] = {"get_errno": _ctypes.get_errno}
-    for name, signature in LIBC_SIGNATURES.items():
-        function = Function((name, Library))
-        function.argtypes = [types[code] for code in signature]
-        functions[name] = function
-    return functions
-
-
-# -- what os (and stat) add to posix, for the guest's few uses -------------------------
-_S_IFMT, _S_IFDIR, _S_IFCHR = 0o170000, 0o040000, 0o020000  # st_mode's file type (stat.h)
-
-
-def _read_file(path: str) -> bytes:
-    """The whole file, read with the bare system calls (no io objects)."""
-    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := posix.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        posix.close(fd)
-
-
-# The guest's Python runs in UTF-8 mode (the kernel gives init no locale), so file names
-# and the environment are UTF-8, undecodable bytes kept as surrogates (os.fsencode).
-def _fsencode(name: str) -> bytes:
-    return name.encode("utf-8", "surrogateescape")
-
-
-def _fsdecode(name: bytes) -> str:
-    return name.decode("utf-8", "surrogateescape")
-
-
-def _lexists(path: str) -> bool:
-    try:
-        posix.lstat(path)
-    except OSError:
-        return False
-    return True
-
-
-def _make_dirs(path: str, mode: int = 0o755) -> None:
-    """mkdir -p (os.makedirs with exist_ok=True)."""
-    parts = [part for part in path.split("/") if part]
-    current = ""
-    for part in parts:
-        current += "/" + part
-        try:
-            posix.mkdir(current, mode)
-        except FileExistsError:
-            if posix.stat(current).st_mode & _S_IFMT != _S_IFDIR:
-                raise
-        except OSError:
-            if not _lexists(current):  # e.g. a read-only parent; EEXIST wins as in os
-                raise
-
-
-def _execvpe(file: str, args: list[str], env: dict[str, str]) -> None:
-    """os.execvpe: exec ``file``, searched on env's PATH unless it has a slash; raises
-    the most telling error (anything but ENOENT/ENOTDIR beats them, as in os)."""
-    if "/" in file:
-        posix.execve(file, args, env)
-    error: OSError | None = None
-    for directory in env.get("PATH", "/bin:/usr/bin").split(":"):
-        try:
-            posix.execve(f"{directory or '.'}/{file}", args, env)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            error = error or exc
-        except OSError as exc:
-            error = exc if error is None or isinstance(
-                error, FileNotFoundError | NotADirectoryError) else error
-    raise error or FileNotFoundError(errno.ENOENT, posix.strerror(errno.ENOENT), file)

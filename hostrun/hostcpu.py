@@ -50,7 +50,7 @@ def hypervisor_device() -> str | None:
 _RDTSC_CODE = bytes.fromhex("0f31" "48c1e220" "4809d0" "c3")
 
 
-def _rdtsc_function() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _rdtsc_function() -> Callable[[], int] | None:
     """A callable that returns the TSC, from four instructions in an executable page."""
     if os.uname().machine != "x86_64":
         return None
@@ -186,13 +186,14 @@ def _probe_kvm(qemu: str, vmlinux: str) -> bool:
                              preexec_fn=child_setup())
     except InitkitError:
         return False
+    stdout = proc.stdout
+    assert stdout is not None  # stdout=PIPE
     try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], PROBE_SECONDS)
-        return bool(ready) and bool(os.read(proc.stdout.fileno(), 64))
+        ready, _, _ = select.select([stdout], [], [], PROBE_SECONDS)
+        return bool(ready) and bool(os.read(stdout.fileno(), 64))
     finally:
         stop_process(proc, grace=0.5, term=9)
-        proc.stdout.close()  # type: ignore[union-attr]
+        stdout.close()
 
 
 def _remembered_flag(name: str, probe: Callable[[], bool]) -> bool:

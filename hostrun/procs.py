@@ -72,7 +72,7 @@ def _readonly_bind(libc: ctypes.CDLL, path: bytes) -> bool:
         return False
     if libc.mount(path, path, None, _MS_BIND | _MS_REC, None) != 0:
         return False
-    return libc.mount(None, path, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None) == 0
+    return int(libc.mount(None, path, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None)) == 0
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, grace: float,

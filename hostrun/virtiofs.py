@@ -45,7 +45,7 @@ class DaemonFailed(Exception):
 class VirtiofsDaemon(ABC):
     """A vhost-user-fs backend serving one directory tree on one socket."""
 
-    name: ClassVar[str]
+    name: str  # each class's own; a custom daemon's names its program
     # Request queues the daemon serves (the hiprio queue not counted).
     max_request_queues: ClassVar[int] = 1
     uses_store: ClassVar[bool] = True

@@ -142,6 +142,10 @@ class Image:
     def get(self, path: str) -> Entry | None:
         return self._entries.get(normalize(path))
 
+    def __getitem__(self, path: str) -> Entry:
+        """The entry at ``path``; KeyError when there is none."""
+        return self._entries[normalize(path)]
+
     def has_children(self, path: str) -> bool:
         """True when some entry lies below ``path`` (taken as stored: no links followed)."""
         return normalize(path) in self._parents

@@ -171,16 +171,13 @@ def _link_groups(records: list[ArchiveMember], index: int) -> list[ArchiveMember
             size, data = content.get(rec.ino, (0, b"" if rec.data is not None else None))
             head = first[rec.ino]
             if rec is head:
-                rec = _with(rec, data=data, size=size, archive=index)
+                rec = replace(rec, data=data, size=size, archive=index)
             else:
-                rec = _with(rec, kind=Kind.HARDLINK, target=head.path, data=data,
+                rec = replace(rec, kind=Kind.HARDLINK, target=head.path, data=data,
                             size=size, archive=index)
         else:
-            rec = _with(rec, archive=index)
+            rec = replace(rec, archive=index)
         out.append(rec)
     return out
 
-
-def _with(rec: ArchiveMember, **changes: object) -> ArchiveMember:
-    return replace(rec, **changes)  # type: ignore[arg-type]
 

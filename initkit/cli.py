@@ -35,15 +35,16 @@ class _OneLineUsageError(click.UsageError):
 _KEEP = (_OneLineUsageError, getattr(click.exceptions, "NoArgsIsHelpError", _OneLineUsageError))
 
 
-class _ReportsUserErrors:
+class _ReportsUserErrors(click.Command):
     """Print InitkitError as one line (no traceback) and exit with its code (2, or 120
     for an EnvironmentFault); usage errors as one line, exit 2; ^C as 130; bugs keep
-    tracebacks."""
+    tracebacks. A mixin before click's Group or Command (a Command itself, so that its
+    super().invoke is one)."""
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
         try:
-            return super().make_context(info_name, args, parent, **extra)  # type: ignore[misc]
+            return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
             if isinstance(exc, _KEEP):
                 raise
@@ -51,7 +52,7 @@ class _ReportsUserErrors:
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)  # type: ignore[misc]
+            return super().invoke(ctx)
         except click.UsageError as exc:  # an unknown subcommand, say
             if isinstance(exc, _KEEP):
                 raise

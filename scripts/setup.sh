@@ -136,7 +136,8 @@ initkit_setup() {
   installed="$(cd / && "$venv/bin/python" -c 'import elftools, libarchive, click, pytest, xdist, initbuilder, hostrun
 print(initbuilder.__file__)' 2>/dev/null || true)"
   if [ "$installed" != "$INITKIT_ROOT/initbuilder/__init__.py" ] \
-     || [ ! -x "$venv/bin/initbuilder" ] || [ ! -x "$venv/bin/ruff" ]; then
+     || [ ! -x "$venv/bin/initbuilder" ] || [ ! -x "$venv/bin/ruff" ] \
+     || [ ! -x "$venv/bin/mypy" ]; then
     echo "initkit: installing the Python package from $INITKIT_ROOT (editable) into" \
          "$venv with its test tools" >&2
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$INITKIT_ROOT[test]"

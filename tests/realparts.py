@@ -10,11 +10,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 
-def missing_part(reason: str) -> None:
+def missing_part(reason: str) -> NoReturn:
     """Skip for a real part this machine lacks; under CI=true, fail instead."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true and a required part is missing: {reason}")

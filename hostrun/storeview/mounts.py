@@ -102,7 +102,7 @@ def readonly_bind(libc: ctypes.CDLL, source: bytes, target: bytes) -> bool:
     """Bind ``source`` on ``target`` and make that mount read-only."""
     if libc.mount(source, target, None, MS_BIND, None) != 0:
         return False
-    return libc.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None) == 0
+    return int(libc.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)) == 0
 
 
 def _failed(what: bytes) -> bytes:

@@ -57,6 +57,7 @@ def parse_sha256(text: str, *, what: str) -> bytes:
     """A SHA-256 digest as narinfo files write it: ``sha256:`` + base-32 (what Nix
     writes), base-16 or base-64, or SRI ``sha256-<base64>``. ``what`` names the field."""
     text = text.strip()
+    forms: tuple[str, ...]
     if text.startswith("sha256-"):
         body, forms = text[len("sha256-"):], ("base64",)
     elif text.startswith("sha256:"):

@@ -137,7 +137,9 @@ def pvh_entry(elf_data: bytes) -> int | None:
         if note.name == "Xen" and note.type == _XEN_ELFNOTE_PHYS32_ENTRY:
             size = 8 if len(note.desc) >= 8 else 4
             order = "<" if elf.image_little_endian(elf_data) else ">"
-            return struct.unpack_from(order + ("Q" if size == 8 else "I"), note.desc)[0]
+            address: int = struct.unpack_from(order + ("Q" if size == 8 else "I"),
+                                              note.desc)[0]
+            return address
     return None
 
 
@@ -189,10 +191,10 @@ def _info(path: Path, data: bytes, *, payload: bool, outer: str | None) -> Kerne
         found = _info(path, inner, payload=payload, outer=kind)
         return KernelInfo(path, EFI_ZBOOT, found.version, found.version_string, kind,
                           machine=found.machine)
-    kind = decompress.detect(data)
-    if kind is not None and outer is None:
-        inner = decompress.decompress(data, kind, what=str(path))
-        return _info(path, inner, payload=payload, outer=kind)
+    compression = decompress.detect(data)
+    if compression is not None and outer is None:
+        inner = decompress.decompress(data, compression, what=str(path))
+        return _info(path, inner, payload=payload, outer=compression)
     raise InitkitError(
         f"{path} is not a kernel image initkit knows (bzImage, ELF vmlinux, arm64/RISC-V "
         "Image, EFI zboot); pass the vmlinuz/bzImage from the kernel package"

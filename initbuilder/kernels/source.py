@@ -51,8 +51,8 @@ def debian_source_package() -> str:
     proc = process.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Depends}\n",
                         METAPACKAGE], check=False)
     status, _, depends = proc.stdout.decode().partition("\t")
-    names = re.findall(r"\b(linux-source-\d+\.\d+)\b", depends) if status.startswith("ii") \
-        else []
+    names: list[str] = (re.findall(r"\b(linux-source-\d+\.\d+)\b", depends)
+                        if status.startswith("ii") else [])
     if not names:
         proc = process.run(["apt-cache", "depends", "--important", METAPACKAGE], check=False,
                            hint="building a kernel from Debian's source needs apt; pass "
@@ -148,12 +148,12 @@ def source_ident(path: Path) -> str:
     if not path.is_file():
         raise InitkitError(f"--source {path}: no such file or directory; pass a kernel tree "
                            "or a tarball such as /usr/src/linux-source-6.1.tar.xz")
-    digest = hashlib.sha256()
+    content = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
-            digest.update(chunk)
+            content.update(chunk)
     stem = re.sub(r"\.tar(\.\w+)?$|\.tgz$", "", path.name)
-    return f"{stem}_{digest.hexdigest()[:12]}"
+    return f"{stem}_{content.hexdigest()[:12]}"
 
 
 def makefile_version(tree: Path) -> str:

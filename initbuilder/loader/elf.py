@@ -19,6 +19,8 @@ from functools import cache
 from elftools.common.exceptions import ELFError
 from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.enums import ENUM_CORE_NOTE_N_TYPE, ENUM_NOTE_N_TYPE
+from elftools.elf.segments import NoteSegment
 from elftools.elf.structs import ELFStructs
 
 from initkit.errors import InitkitError
@@ -110,6 +112,7 @@ def _advanced(little_endian: bool, elfclass: int, e_type: str | int, machine: st
               osabi: str | int) -> ELFStructs:
     structs = ELFStructs(little_endian=little_endian, elfclass=elfclass)
     structs.create_basic_structs()
+    # Its hints say str, but unknown values stay ints, and ELFFile passes those itself.
     structs.create_advanced_structs(e_type, machine, osabi)  # type: ignore[arg-type]
     return structs
 
@@ -295,8 +298,19 @@ def parse_dlopen_json(desc: bytes, path: str) -> list[DlopenFeature]:
 @dataclass(frozen=True, slots=True)
 class ElfNote:
     name: str
-    type: int
+    type: int  # n_type, the number (pyelftools names the types it knows)
     desc: bytes
+
+
+_NOTE_TYPE_NUMBERS = {name: number for name, number in
+                      (*ENUM_NOTE_N_TYPE.items(), *ENUM_CORE_NOTE_N_TYPE.items())
+                      if name != "_default_"}
+
+
+def _note_type_number(kind: str | int) -> int:
+    """n_type as its number: pyelftools names the types its enums know (NT_GNU_BUILD_ID),
+    although its hints say str always."""
+    return kind if isinstance(kind, int) else _NOTE_TYPE_NUMBERS[kind]
 
 
 def _elffile(data: bytes, what: str) -> ELFFile:
@@ -320,14 +334,15 @@ def image_notes(data: bytes, what: str) -> list[ElfNote]:
     notes = []
     try:
         for segment in _elffile(data, what).iter_segments():
-            if segment["p_type"] != "PT_NOTE":
+            if not isinstance(segment, NoteSegment):  # what pyelftools makes of PT_NOTE
                 continue
             for note in segment.iter_notes():
                 # n_desc is decoded for notes pyelftools knows; n_descdata is the raw bytes.
                 raw = note["n_descdata"]
                 if isinstance(raw, str):
                     raw = raw.encode("latin-1")
-                notes.append(ElfNote(note["n_name"], note["n_type"], bytes(raw)))
+                notes.append(ElfNote(note["n_name"], _note_type_number(note["n_type"]),
+                                     bytes(raw)))
     except (ELFError, ConstructError) as exc:
         raise ElfError(f"{what}: damaged notes ({exc})") from None
     return notes
@@ -337,7 +352,7 @@ def image_extent(data: bytes, what: str) -> int:
     """Bytes the ELF file proper occupies at the start of ``data``: headers, segments,
     sections and the section table (anything appended after it is not part of it)."""
     elf = _elffile(data, what)
-    end = elf["e_shoff"] + elf["e_shnum"] * elf["e_shentsize"]
+    end: int = elf["e_shoff"] + elf["e_shnum"] * elf["e_shentsize"]
     end = max(end, elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"])
     for segment in elf.iter_segments():
         end = max(end, segment["p_offset"] + segment["p_filesz"])

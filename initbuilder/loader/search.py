@@ -195,10 +195,11 @@ class Search:
             self._note(found, requester, name)
             return found
         try:
+            hit: Hit | None = None
             if "/" in name:
                 probe = self.tree.probe(name)
-                accepted = probe is not None and self._accept(name, probe)
-                hit = (name, probe, "path", "path in DT_NEEDED") if accepted else None
+                if probe is not None and self._accept(name, probe):
+                    hit = (name, probe, "path", "path in DT_NEEDED")
             else:
                 hit = self.search(name, requester, self.facts.hwcaps)
         except LoadError as exc:

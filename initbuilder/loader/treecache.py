@@ -45,9 +45,8 @@ class TreeCache:
 
     def probe(self, path: str) -> Probe | None:
         """What opening guest ``path`` gives the loader; None when nothing is there."""
-        known = self._probes.get(path, False)
-        if known is not False:
-            return known  # type: ignore[return-value]
+        if path in self._probes:
+            return self._probes[path]
         if not path.startswith("/"):
             path_abs = os.path.abspath(path) if self.root.is_host else "/" + path
         else:

@@ -99,6 +99,7 @@ def add_dynamic_tag(path: Path, tag: int, string: str) -> None:
         elf = ELFFile(f)
         dynamic = elf.get_section_by_name(".dynamic")
         dynstr = elf.get_section_by_name(".dynstr")
+        assert dynamic is not None and dynstr is not None, f"{path} is not dynamically linked"
         strings = dynstr.data()
         index = strings.index(string.encode() + b"\0")
         offset, size = dynamic["sh_offset"], dynamic["sh_size"]

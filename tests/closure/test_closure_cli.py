@@ -7,13 +7,13 @@ import os
 from pathlib import Path
 
 import click
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from elf_fixtures import Builder
 
 from initbuilder.cli.closure import closure, closure_options
 
 
-def _invoke(*args: str):
+def _invoke(*args: str) -> Result:
     """``initbuilder closure ARGS`` once the group registers it, else the command itself."""
     from initbuilder.cli import main
 

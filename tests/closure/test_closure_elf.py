@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from elf_fixtures import Builder
 
-from initbuilder.loader.elf import ElfError, is_elf_file, parse_dlopen_json, read_elf
+from initbuilder.loader.elf import (
+    ElfError,
+    image_notes,
+    is_elf_file,
+    parse_dlopen_json,
+    read_elf,
+)
 
 
 def test_reads_what_the_loader_needs(build: Builder) -> None:
@@ -30,6 +36,7 @@ def test_reads_what_the_loader_needs(build: Builder) -> None:
     assert prog.needed == ("libthing.so.1", "libz.so.1", "libc.so.6")  # in DT_NEEDED order
     assert (prog.rpath, prog.runpath) == (None, "/opt/u")
     assert not prog.nodeflib and prog.soname is None
+    assert prog.interp_range is not None
     assert root.joinpath("bin/prog").read_bytes()[prog.interp_range[0]:][:27] == \
         b"/lib64/ld-linux-x86-64.so.2"
 
@@ -41,6 +48,15 @@ def test_32_bit_and_static_files(build: Builder) -> None:
     static = build.exe("bin/static", flags=["-static"])
     sinfo = read_elf(str(static))
     assert not sinfo.needed and sinfo.interpreter is None
+
+
+def test_image_notes_give_the_note_type_as_its_number(build: Builder) -> None:
+    # pyelftools names the types it knows: NT_GNU_BUILD_ID (3), NT_GNU_PROPERTY_TYPE_0 (5).
+    exe = build.exe("bin/noted", flags=["-Wl,--build-id=sha1"])
+    notes = image_notes(exe.read_bytes(), "bin/noted")
+    build_ids = [note for note in notes if note.name == "GNU" and note.type == 3]
+    assert len(build_ids) == 1 and len(build_ids[0].desc) == 20  # a SHA-1
+    assert all(isinstance(note.type, int) for note in notes)
 
 
 def test_system_files() -> None:

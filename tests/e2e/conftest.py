@@ -18,11 +18,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from realparts import missing_part
 
 from hostrun.api import VmRunner
+from initbuilder.kernels.fetch import FetchedKernel
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 60.0  # per boot; a healthy TCG boot takes about 2 s
@@ -67,8 +69,8 @@ def e2e_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def e2e_kernel(debian_kernel: object, e2e_tools: None) -> Path:
-    return Path(debian_kernel.bzimage)  # type: ignore[attr-defined]
+def e2e_kernel(debian_kernel: FetchedKernel, e2e_tools: None) -> Path:
+    return debian_kernel.bzimage
 
 
 @pytest.fixture(scope="session")
@@ -230,9 +232,18 @@ def _tagged_processes(tag: str) -> list[str]:
     return found
 
 
+class StartCli(Protocol):
+    """What the hostrun_cli fixture gives: start `hostrun ARGS`, with the e2e kernel and
+    initrd unless told not to."""
+
+    def __call__(self, *args: str, kernel: bool = True, initrd: bool = True,
+                 stdin: int | None = subprocess.DEVNULL,
+                 tmpdir: Path | None = None) -> CliRun: ...
+
+
 @pytest.fixture
-def hostrun_cli(e2e_kernel: Path, e2e_initrd: Path,  # type: ignore[no-untyped-def]
-                tmp_path_factory: pytest.TempPathFactory):
+def hostrun_cli(e2e_kernel: Path, e2e_initrd: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> StartCli:
     """Start the real `hostrun` command; returns a CliRun to finish and inspect."""
 
     def start(*args: str, kernel: bool = True, initrd: bool = True,

@@ -15,12 +15,12 @@ import pytest
 from hostrun.exitcodes import ExitCode
 
 if TYPE_CHECKING:
-    from conftest import CliRun, Store  # tests/e2e/conftest.py
+    from conftest import CliRun, StartCli, Store  # tests/e2e/conftest.py
 
 pytestmark = pytest.mark.e2e
 
 
-def test_exec_prints_exactly_the_program_output(hostrun_cli, store: Store) -> None:
+def test_exec_prints_exactly_the_program_output(hostrun_cli: StartCli, store: Store) -> None:
     run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60",
                               "--exec", store.hello, "exit", "3")
     assert run.finish() == 3, run.stderr
@@ -29,7 +29,7 @@ def test_exec_prints_exactly_the_program_output(hostrun_cli, store: Store) -> No
     run.assert_nothing_left()
 
 
-def test_seed_environment_variables(hostrun_cli, store: Store,
+def test_seed_environment_variables(hostrun_cli: StartCli, store: Store,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """CH_CMDLINE picks the action as in the seed; CH_NUM_CPUS / CH_MEM_SIZE size the VM."""
     monkeypatch.setenv("CH_CMDLINE", "tvix.find")
@@ -42,7 +42,7 @@ def test_seed_environment_variables(hostrun_cli, store: Store,
     run.assert_nothing_left()
 
 
-def test_missing_kernel(hostrun_cli, store: Store) -> None:
+def test_missing_kernel(hostrun_cli: StartCli, store: Store) -> None:
     run: CliRun = hostrun_cli("--kernel", "/nonexistent/vmlinuz", "--store", str(store.root),
                               "--find", kernel=False)
     assert run.finish() == ExitCode.USER_ERROR
@@ -50,14 +50,14 @@ def test_missing_kernel(hostrun_cli, store: Store) -> None:
     run.assert_nothing_left()
 
 
-def test_missing_store(hostrun_cli, tmp_path) -> None:
+def test_missing_store(hostrun_cli: StartCli, tmp_path: Path) -> None:
     run: CliRun = hostrun_cli("--store", str(tmp_path / "nope"), "--find")
     assert run.finish() == ExitCode.USER_ERROR
     assert b"no such directory" in run.stderr
     run.assert_nothing_left()
 
 
-def test_daemon_that_dies_at_start(hostrun_cli, store: Store) -> None:
+def test_daemon_that_dies_at_start(hostrun_cli: StartCli, store: Store) -> None:
     run: CliRun = hostrun_cli("--store", str(store.root), "--find", "--daemon",
                               "sh -c 'echo cannot serve {store} >&2; exit 1' {socket}")
     assert run.finish() == ExitCode.DAEMON_FAILED
@@ -66,7 +66,7 @@ def test_daemon_that_dies_at_start(hostrun_cli, store: Store) -> None:
     run.assert_nothing_left()
 
 
-def test_daemon_killed_mid_boot(hostrun_cli, store: Store) -> None:
+def test_daemon_killed_mid_boot(hostrun_cli: StartCli, store: Store) -> None:
     run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60", "--run",
                               "sleep 1000")
     daemon = _wait_for_process(run, "virtiofsd")
@@ -83,7 +83,7 @@ def test_daemon_killed_mid_boot(hostrun_cli, store: Store) -> None:
     run.assert_nothing_left()
 
 
-def test_sigkill_leaves_a_private_dir_that_the_next_hostrun_removes(hostrun_cli,
+def test_sigkill_leaves_a_private_dir_that_the_next_hostrun_removes(hostrun_cli: StartCli,
                                                                     store: Store) -> None:
     killed: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60", "--run",
                                  "sleep 1000")
@@ -114,7 +114,7 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-def test_guest_that_never_finishes_times_out(hostrun_cli, store: Store) -> None:
+def test_guest_that_never_finishes_times_out(hostrun_cli: StartCli, store: Store) -> None:
     # Long enough for the guest to have said something even on a loaded machine (a boot
     # under TCG with both cores busy takes over 6 s): a silent guest gets another message.
     started = time.monotonic()
@@ -129,7 +129,7 @@ def test_guest_that_never_finishes_times_out(hostrun_cli, store: Store) -> None:
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, ExitCode.INTERRUPTED),
                                               (signal.SIGTERM, ExitCode.TERMINATED)])
-def test_ctrl_c_and_sigterm(hostrun_cli, store: Store, signum: int, code: int) -> None:
+def test_ctrl_c_and_sigterm(hostrun_cli: StartCli, store: Store, signum: int, code: int) -> None:
     run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60", "--run",
                               "sleep 1000")
     _wait_for_process(run, "qemu-system")
@@ -140,7 +140,7 @@ def test_ctrl_c_and_sigterm(hostrun_cli, store: Store, signum: int, code: int) -
     run.assert_nothing_left()
 
 
-def test_kernel_panic_is_no_status(hostrun_cli, store: Store) -> None:
+def test_kernel_panic_is_no_status(hostrun_cli: StartCli, store: Store) -> None:
     """An init that exits panics the kernel: no status, so never success."""
     run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60",
                               "--cmdline", "rdinit=/bin/busybox", "--find")
@@ -186,7 +186,8 @@ def silent_pvh_kernel(path: Path, code: bytes = HALT) -> Path:
 
 
 def test_a_kernel_that_prints_nothing_is_reported_not_waited_for_silently(
-        hostrun_cli, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        hostrun_cli: StartCli, store: Store, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = silent_pvh_kernel(tmp_path / "silent.elf")
     initrd = tmp_path / "unused.cpio"
     initrd.write_bytes(b"070701")
@@ -212,7 +213,7 @@ def test_a_kernel_that_prints_nothing_is_reported_not_waited_for_silently(
 
 
 def test_a_guest_that_dies_before_its_init_is_booted_again_then_reported(
-        hostrun_cli, store: Store, tmp_path: Path) -> None:
+        hostrun_cli: StartCli, store: Store, tmp_path: Path) -> None:
     """Nothing of the user's has run when the guest dies before its init: hostrun boots
     it again (twice), then reports no status, saying so."""
     kernel = silent_pvh_kernel(tmp_path / "fault.elf", TRIPLE_FAULT)
@@ -236,7 +237,7 @@ def test_help_documents_exit_codes() -> None:
 
 
 def test_dev_null_input_is_end_of_file_and_the_console_keeps_its_echo(
-        hostrun_cli, store: Store) -> None:
+        hostrun_cli: StartCli, store: Store) -> None:
     """The guest reads EOF (the ^D hostrun sends, which a terminal does not echo), so
     hostrun need not turn the guest console's echo off (the init skips termios)."""
     run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "60", "-vv",

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from hostrun.exitcodes import ExitCode
 from hostrun.storeview import nixbase32
 
 if TYPE_CHECKING:
-    from conftest import CliRun  # tests/e2e/conftest.py
+    from conftest import CliRun, StartCli  # tests/e2e/conftest.py
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +77,7 @@ def _no_mounts_under(path: Path) -> None:
     assert not [m for m in mounted if m.startswith(str(path))], "a mount leaked into the host"
 
 
-def test_substituter_with_no_host_store_at_all(hostrun_cli, nix_outputs: NixOutputs,
+def test_substituter_with_no_host_store_at_all(hostrun_cli: StartCli, nix_outputs: NixOutputs,
                                                tmp_path: Path, run_cache: Path) -> None:
     cache = nix_copy([nix_outputs.hello], tmp_path / "binary-cache")
     empty = tmp_path / "empty"
@@ -123,9 +124,9 @@ def _dot_dot_nar(cache: Path, outputs: NixOutputs) -> str:
 
 @pytest.mark.parametrize("damage", [_corrupt_nar, _wrong_nar_hash, _missing_narinfo,
                                     _dot_dot_nar])
-def test_a_cache_that_lies_is_refused_and_leaves_nothing(hostrun_cli, nix_outputs: NixOutputs,
-                                                         tmp_path: Path, run_cache: Path,
-                                                         damage) -> None:  # type: ignore[no-untyped-def]
+def test_a_cache_that_lies_is_refused_and_leaves_nothing(
+        hostrun_cli: StartCli, nix_outputs: NixOutputs, tmp_path: Path, run_cache: Path,
+        damage: Callable[[Path, NixOutputs], str]) -> None:
     cache = nix_copy([nix_outputs.glibc], tmp_path / "binary-cache")
     message = damage(cache, nix_outputs)
     empty = tmp_path / "empty"
@@ -139,7 +140,7 @@ def test_a_cache_that_lies_is_refused_and_leaves_nothing(hostrun_cli, nix_output
     run.assert_nothing_left()
 
 
-def test_ctrl_c_removes_the_view(hostrun_cli, nix_outputs: NixOutputs) -> None:
+def test_ctrl_c_removes_the_view(hostrun_cli: StartCli, nix_outputs: NixOutputs) -> None:
     run: CliRun = hostrun_cli("--closure", nix_outputs.hello, "--timeout", "60",
                               "--run", "sleep 1000")
     deadline = time.monotonic() + 30
@@ -155,7 +156,8 @@ def test_ctrl_c_removes_the_view(hostrun_cli, nix_outputs: NixOutputs) -> None:
     _no_mounts_under(run.tmpdir)
 
 
-def test_a_plain_directory_store_by_the_reference_scan(hostrun_cli, nix_outputs: NixOutputs,
+def test_a_plain_directory_store_by_the_reference_scan(hostrun_cli: StartCli,
+                                                       nix_outputs: NixOutputs,
                                                        tmp_path: Path) -> None:
     """Copies of the store paths in a directory no Nix database describes, given as a
     relative --store: the scanner finds the closure, and the program runs from it."""

@@ -13,7 +13,7 @@ from initbuilder.kernels.build import lookup
 from initbuilder.reader import read_initrd
 
 if TYPE_CHECKING:
-    from conftest import CliRun, Store  # tests/e2e/conftest.py
+    from conftest import CliRun, StartCli, Store  # tests/e2e/conftest.py
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ def test_initrd_for_the_minimal_kernel_carries_no_modules(minimal_initrd: Path) 
     assert not [p for p in paths if p.startswith("lib/modules/") and p.endswith(".ko")]
 
 
-def test_hostrun_kernel_minimal_boots_the_cached_build(hostrun_cli, store: Store,
+def test_hostrun_kernel_minimal_boots_the_cached_build(hostrun_cli: StartCli, store: Store,
                                                        minimal_kernel: Path) -> None:
     """The word `minimal` finds the built kernel; the guest runs it with no module loaded."""
     if os.environ.get("INITKIT_TEST_MINIMAL_KERNEL"):

@@ -1,10 +1,18 @@
-"""A recording stand-in for guest.system.System, for the pure dispatch tests."""
+"""A recording stand-in for guest.system.System, for the pure dispatch tests.
+
+mypy checks it against guest.interface.SystemInterface, as it does the real System
+(see the end of this file), so the fake cannot drift from what the init calls.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from guest.interface import SystemInterface
 
 
 def wait_status_exit(code: int) -> int:
@@ -18,7 +26,8 @@ def wait_status_signal(signum: int) -> int:
 
 
 class FakeSystem:
-    """Same methods as guest.system.System; records every call, fails on request."""
+    """guest.interface.SystemInterface, as guest.system.System implements it; records
+    every call, fails on request."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[object, ...]]] = []
@@ -148,3 +157,9 @@ class FakeSystem:
 
     def power_off(self) -> None:
         self._record("power_off")
+
+
+if TYPE_CHECKING:
+    # The check: a method missing here, or one whose signature differs from the
+    # interface's, is a mypy error on this line.
+    _CHECKED: type[SystemInterface] = FakeSystem

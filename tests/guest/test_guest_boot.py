@@ -21,7 +21,7 @@ NONCE = "0123456789abcdef"
 def booted(fake: FakeSystem, line: str) -> Outcome:
     fake.cmdline = line.encode()
     outcome = Outcome()
-    boot(fake, outcome, 10.0)  # type: ignore[arg-type]
+    boot(fake, outcome, 10.0)
     return outcome
 
 
@@ -223,7 +223,7 @@ def test_switch_root_failing_mount_is_125(fake: FakeSystem) -> None:
 
 def test_fail_action_prints_and_reports() -> None:
     fake = FakeSystem()
-    status = run_action(p.Fail("nothing here", 42), fake)  # type: ignore[arg-type]
+    status = run_action(p.Fail("nothing here", 42), fake)
     assert status == ExitStatus.exited(42)
     assert fake.said == ["nothing here"]
 
@@ -233,7 +233,7 @@ def test_main_run_turns_any_exception_into_125() -> None:
         def read_cmdline(self) -> bytes:
             raise RuntimeError("bug")
 
-    system, outcome = run(Broken, 1.0)  # type: ignore[arg-type]
+    system, outcome = run(Broken, 1.0)
     assert system is not None
     assert outcome.status == ExitStatus.exited(contract.INIT_FAILED)
 
@@ -248,14 +248,14 @@ def test_main_run_keeps_the_nonce_learned_before_a_crash() -> None:
         fake.cmdline = f"tvix.exec=/x initkit.nonce={NONCE}".encode()
         return fake
 
-    _, outcome = run(make, 1.0)  # type: ignore[arg-type]
+    _, outcome = run(make, 1.0)
     assert (outcome.nonce, outcome.status) == (NONCE, ExitStatus.exited(125))
 
 
 def test_finish_ends_processes_then_reports_then_powers_off(fake: FakeSystem) -> None:
     outcome = Outcome()
     outcome.nonce, outcome.status = NONCE, ExitStatus.killed(9)
-    finish(fake, outcome)  # type: ignore[arg-type]
+    finish(fake, outcome)
     assert bytes(fake.out) == f"\ninitkit-status:{NONCE}:signal=9\n".encode()
     assert [n for n in fake.names() if n in ("end_all", "power_off")] == ["end_all",
                                                                            "power_off"]
@@ -267,7 +267,7 @@ def test_finish_still_reports_and_powers_off_when_ending_processes_fails() -> No
             raise OSError(errno.EPERM, "no")
 
     fake = Broken()
-    finish(fake, Outcome())  # type: ignore[arg-type]
+    finish(fake, Outcome())
     assert bytes(fake.out) == b"\ninitkit-status:none:exit=125\n"
     assert fake.names()[-1] == "power_off"
 

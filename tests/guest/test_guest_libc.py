@@ -1,5 +1,6 @@
-"""guest.system for real on the host: the libc bindings (the lean one through _ctypes,
-which every boot uses, and the ctypes package it falls back to), and link_all."""
+"""guest.system, guest.libc and guest.osfuncs for real on the host: the libc bindings
+(the lean one through _ctypes, which every boot uses, and the ctypes package it falls
+back to), the stand-ins for os functions, and link_all."""
 
 from __future__ import annotations
 
@@ -11,30 +12,32 @@ from pathlib import Path
 
 import pytest
 
-from guest import system
+from guest import libc, osfuncs, system
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="getppid is 110 on x86-64")
 @pytest.mark.parametrize("lean", [True, False], ids=["_ctypes", "ctypes"])
 def test_bindings_call_libc_and_keep_errno(lean: bool, tmp_path: Path) -> None:
-    libc = system._libc_functions(lean)
-    assert set(libc) == {*system.LIBC_SIGNATURES, "get_errno"}
-    assert libc["syscall"](110, 0, None, 0) == os.getppid()  # x86-64 getppid
+    functions = libc.bind(lean)
+    assert set(functions) == {*libc.SIGNATURES, "get_errno"}
+    assert functions["syscall"](110, 0, None, 0) == os.getppid()  # x86-64 getppid
     missing = os.fsencode(tmp_path / "missing")
-    assert libc["mount"](b"none", missing, b"tmpfs", 0, None) == -1
-    assert libc["get_errno"]() in (errno.ENOENT, errno.EPERM)  # EPERM when not root
-    assert libc["umount2"](missing, 0) == -1
-    assert libc["get_errno"]() in (errno.ENOENT, errno.EPERM)
+    assert functions["mount"](b"none", missing, b"tmpfs", 0, None) == -1
+    assert functions["get_errno"]() in (errno.ENOENT, errno.EPERM)  # EPERM when not root
+    assert functions["umount2"](missing, 0) == -1
+    assert functions["get_errno"]() in (errno.ENOENT, errno.EPERM)
 
 
 def test_the_init_imports_neither_os_nor_the_ctypes_package() -> None:
     """Imports cost every boot under TCG (os ~14 ms, ctypes ~25 ms): the guest uses
-    posix and _ctypes, and reads files without io objects."""
+    posix and _ctypes, reads files without io objects, imports errno only for errors;
+    its typed interface (and typing) are for mypy alone."""
     root = str(Path(system.__file__).resolve().parent.parent)
     code = (f"import sys; sys.path.insert(0, {root!r}); import guest.__main__; "
             "from guest import system; s = system.System(); s.read_text('/proc/cmdline'); "
             "print(sorted(m for m in sys.modules if m in ('os', 'stat', 'posixpath', "
-            "'_collections_abc', 'termios') or 'ctypes' in m))")
+            "'_collections_abc', 'termios', 'errno', 'typing', 'guest.interface') "
+            "or 'ctypes' in m))")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
                          text=True, check=True)
     assert out.stdout == "['_ctypes']\n"
@@ -50,15 +53,15 @@ def test_read_text_keeps_undecodable_bytes(tmp_path: Path) -> None:
 
 def test_make_dirs_and_lexists(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "c"
-    system._make_dirs(str(target))
-    system._make_dirs(str(target))  # exists: fine, as with exist_ok=True
-    assert target.is_dir() and system._lexists(str(target))
+    osfuncs.make_dirs(str(target))
+    osfuncs.make_dirs(str(target))  # exists: fine, as with exist_ok=True
+    assert target.is_dir() and osfuncs.lexists(str(target))
     (tmp_path / "file").write_text("")
     with pytest.raises(FileExistsError):
-        system._make_dirs(str(tmp_path / "file"))
+        osfuncs.make_dirs(str(tmp_path / "file"))
     os.symlink("nowhere", tmp_path / "dangling")
-    assert system._lexists(str(tmp_path / "dangling"))
-    assert not system._lexists(str(tmp_path / "missing"))
+    assert osfuncs.lexists(str(tmp_path / "dangling"))
+    assert not osfuncs.lexists(str(tmp_path / "missing"))
 
 
 def test_execvpe_errors_like_os(tmp_path: Path) -> None:
@@ -69,12 +72,12 @@ def test_execvpe_errors_like_os(tmp_path: Path) -> None:
     denied.mkdir()
     (denied / "prog").write_text("#!/bin/sh\n")  # not executable: EACCES
     with pytest.raises(FileNotFoundError):
-        system._execvpe("prog", ["prog"], {"PATH": f"{empty}:{tmp_path}/missing"})
+        osfuncs.execvpe("prog", ["prog"], {"PATH": f"{empty}:{tmp_path}/missing"})
     path = {"PATH": f"{empty}:{denied}:{tmp_path}/missing"}
     with pytest.raises(PermissionError):  # EACCES beats the ENOENTs around it, even for root
-        system._execvpe("prog", ["prog"], path)
+        osfuncs.execvpe("prog", ["prog"], path)
     with pytest.raises(FileNotFoundError):
-        system._execvpe(str(empty / "prog"), ["prog"], path)  # a slash: no search
+        osfuncs.execvpe(str(empty / "prog"), ["prog"], path)  # a slash: no search
 
 
 def test_fallback_to_ctypes_when_the_core_interface_differs(
@@ -82,7 +85,7 @@ def test_fallback_to_ctypes_when_the_core_interface_differs(
     def changed() -> dict[str, object]:
         raise AttributeError("module '_ctypes' has no attribute 'CFuncPtr'")
 
-    monkeypatch.setattr(system, "_bind_with_ctypes_core", changed)
+    monkeypatch.setattr(libc, "bind_with_ctypes_core", changed)
     sys_ = system.System()
     with pytest.raises(OSError) as info:
         sys_.umount("/nonexistent-initkit-test")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any  # the keyword arguments of each case differ
 
 import pytest
 from click.testing import CliRunner
@@ -55,13 +56,12 @@ def requests(monkeypatch: pytest.MonkeyPatch) -> list[plan.Request]:
     (["--init", "/x/init"], {"init": "/x/init"}, Action("init", command="/x/init")),
 ])
 def test_api_and_cli_ask_for_the_same_action(requests: list[plan.Request], flags: list[str],
-                                             kwargs: dict[str, object],
+                                             kwargs: dict[str, Any],
                                              action: Action) -> None:
     cmdline = "tvix.shell loglevel=3"  # the given action wins over the one in it
     CliRunner().invoke(cli.main, ["--cmdline", cmdline, *flags])
     with pytest.raises(InitkitError, match="stop here"):
-        api.VmRunner().run(store=Path("/nix/store"), cmdline=cmdline,
-                           **kwargs)  # type: ignore[arg-type]
+        api.VmRunner().run(store=Path("/nix/store"), cmdline=cmdline, **kwargs)
     assert [(r.action, r.extra_cmdline) for r in requests] == [(action, "loglevel=3")] * 2
 
 

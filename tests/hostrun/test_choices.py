@@ -4,9 +4,10 @@ choice, the seed's environment variables, and the messages for what cannot work.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from guest.cmdline import words
 from hostrun import cli, hostcpu, plan
@@ -53,13 +54,20 @@ def test_guest_action_key_follows_the_guest_order(line: str, key: str | None) ->
 
 
 def test_exit_codes_for_host_signals() -> None:
-    assert exit_code_for_host_signal(2) == ExitCode.INTERRUPTED == 130
-    assert exit_code_for_host_signal(15) == ExitCode.TERMINATED == 143
+    assert exit_code_for_host_signal(2) == ExitCode.INTERRUPTED
+    assert exit_code_for_host_signal(15) == ExitCode.TERMINATED
+    assert (int(ExitCode.INTERRUPTED), int(ExitCode.TERMINATED)) == (130, 143)
     assert exit_code_for_host_signal(1) == 129
 
 
+class SetHost(Protocol):
+    """What the host fixture gives: pretend these VMMs and this /dev/kvm."""
+
+    def __call__(self, *, kvm: bool, ch: bool) -> None: ...
+
+
 @pytest.fixture
-def host(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def host(monkeypatch: pytest.MonkeyPatch) -> SetHost:
     """Pretend a host: which VMMs are installed and whether /dev/kvm opens."""
 
     def set_host(*, kvm: bool, ch: bool) -> None:
@@ -70,13 +78,14 @@ def host(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
         installed = {"qemu-system-x86_64": "/usr/bin/qemu-system-x86_64"}
         if ch:
             installed["cloud-hypervisor"] = "/usr/bin/cloud-hypervisor"
-        monkeypatch.setattr(plan.shutil, "which", installed.get)
+        monkeypatch.setattr("hostrun.plan.shutil.which", installed.get)
         monkeypatch.setattr("hostrun.vmm.shutil.which", installed.get)
 
     return set_host
 
 
-def test_auto_prefers_cloud_hypervisor_with_kvm(host, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_prefers_cloud_hypervisor_with_kvm(host: SetHost,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     host(kvm=True, ch=True)
     monkeypatch.setattr(plan, "_cloud_hypervisor", lambda accel: CloudHypervisor())
     vmm, accel = plan.choose_vmm("auto", "auto")
@@ -88,7 +97,7 @@ def test_auto_prefers_cloud_hypervisor_with_kvm(host, monkeypatch: pytest.Monkey
     (True, False, "auto", "kvm"),  # no cloud-hypervisor: QEMU with KVM
     (True, True, "tcg", "tcg"),  # TCG asked for: only QEMU can
 ])
-def test_auto_falls_back_to_qemu(host, kvm: bool, ch: bool, accel: str,
+def test_auto_falls_back_to_qemu(host: SetHost, kvm: bool, ch: bool, accel: str,
                                  expected: str) -> None:
     host(kvm=kvm, ch=ch)
     vmm, chosen = plan.choose_vmm("auto", accel)
@@ -96,19 +105,19 @@ def test_auto_falls_back_to_qemu(host, kvm: bool, ch: bool, accel: str,
     assert vmm.tsc_khz == (2_000_000 if expected == "tcg" else None)
 
 
-def test_cloud_hypervisor_without_kvm_says_so(host) -> None:
+def test_cloud_hypervisor_without_kvm_says_so(host: SetHost) -> None:
     host(kvm=False, ch=True)
     with pytest.raises(InitkitError, match=r"needs /dev/kvm \(or /dev/mshv\)"):
         plan.choose_vmm("cloud-hypervisor", "auto")
 
 
-def test_cloud_hypervisor_cannot_emulate(host) -> None:
+def test_cloud_hypervisor_cannot_emulate(host: SetHost) -> None:
     host(kvm=True, ch=True)
     with pytest.raises(InitkitError, match="no emulation"):
         plan.choose_vmm("cloud-hypervisor", "tcg")
 
 
-def test_kvm_asked_for_but_missing(host) -> None:
+def test_kvm_asked_for_but_missing(host: SetHost) -> None:
     host(kvm=False, ch=False)
     with pytest.raises(InitkitError, match="--accel tcg"):
         plan.choose_vmm("qemu", "kvm")
@@ -128,7 +137,7 @@ def test_cloud_hypervisor_gets_vmlinux_before_v39(tmp_path: Path,
     assert plan.kernel_for(Qemu(), elf) == elf
 
 
-def invoke(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(cli.main, list(args), env=env)
 
 
@@ -177,7 +186,7 @@ def test_cli_passes_the_seed_env_and_flags_win(monkeypatch: pytest.MonkeyPatch,
     ]
 
 
-def test_auto_does_not_trust_a_kvm_that_only_opens(host, monkeypatch: pytest.MonkeyPatch,
+def test_auto_does_not_trust_a_kvm_that_only_opens(host: SetHost, monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
     """/dev/kvm opens but a probe boot hangs (as on nested hosts): TCG, no cloud-hypervisor."""
     host(kvm=True, ch=True)

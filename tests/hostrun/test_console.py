@@ -142,7 +142,7 @@ def test_scanner_sees_the_ready_record_and_the_filter_hides_it() -> None:
     stream = f"\ninitkit-status:{NONCE}:rea".encode()
     scanner.feed(stream)
     out = shown.feed(stream)
-    assert not scanner.ready
+    assert (scanner.ready, scanner.status) == (False, None)  # not `not`: mypy would narrow
     rest = f"dy\r\nHello\r\n\ninitkit-status:{NONCE}:exit=0\r\n".encode()
     scanner.feed(rest)
     out += shown.feed(rest) + shown.flush(final=True)

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 from hostrun import initrd
+from initbuilder.spec import BuildSpec
 
 
 @pytest.fixture
-def builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+def builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[BuildSpec]:
     monkeypatch.setenv("INITKIT_CACHE", str(tmp_path / "cache"))
-    calls: list[object] = []
+    calls: list[BuildSpec] = []
 
-    def fake_build_cached(spec: object, *, suffix: str) -> Path:
+    def fake_build_cached(spec: BuildSpec, *, suffix: str) -> Path:
         calls.append(spec)
         time.sleep(0.3)  # long enough for a second hostrun to arrive meanwhile
         out = tmp_path / f"built-{len(calls)}{suffix}"
@@ -30,7 +31,7 @@ def builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return calls
 
 
-def test_two_hostruns_at_once_build_once(tmp_path: Path, builds: list[object]) -> None:
+def test_two_hostruns_at_once_build_once(tmp_path: Path, builds: list[BuildSpec]) -> None:
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"kernel")
     results: list[Path] = []
@@ -44,7 +45,7 @@ def test_two_hostruns_at_once_build_once(tmp_path: Path, builds: list[object]) -
     assert len(set(results)) == 1 and results[0].is_file()
 
 
-def test_rebuilt_when_the_kernel_changes(tmp_path: Path, builds: list[object]) -> None:
+def test_rebuilt_when_the_kernel_changes(tmp_path: Path, builds: list[BuildSpec]) -> None:
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"kernel")
     first = initrd.default_initrd(kernel)
@@ -55,7 +56,7 @@ def test_rebuilt_when_the_kernel_changes(tmp_path: Path, builds: list[object]) -
     assert initrd.default_initrd(kernel, files=[f"{kernel}:/extra"]) not in (first, second)
 
 
-def test_rebuilt_when_the_built_file_is_gone(tmp_path: Path, builds: list[object]) -> None:
+def test_rebuilt_when_the_built_file_is_gone(tmp_path: Path, builds: list[BuildSpec]) -> None:
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"kernel")
     initrd.default_initrd(kernel).unlink()
@@ -63,11 +64,11 @@ def test_rebuilt_when_the_built_file_is_gone(tmp_path: Path, builds: list[object
     assert len(builds) == 2
 
 
-def test_default_spec(tmp_path: Path, builds: list[object]) -> None:
+def test_default_spec(tmp_path: Path, builds: list[BuildSpec]) -> None:
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"kernel")
     built = initrd.default_initrd(kernel)
     spec = builds[0]
-    assert spec.kernel == kernel  # type: ignore[attr-defined]
-    assert spec.busybox == "auto"  # type: ignore[attr-defined]
+    assert spec.kernel == kernel
+    assert spec.busybox == "auto"
     assert built.suffix == ".cpio"  # uncompressed: the guest kernel unpacks it fastest

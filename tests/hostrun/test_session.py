@@ -10,6 +10,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -90,8 +91,15 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+class MakeSpec(Protocol):
+    """What the spec_for fixture gives: a RunSpec whose VMM plays ``steps``."""
+
+    def __call__(self, steps: str, *, daemon: str = "sleep 60 {fd}",
+                 timeout: float | None = 30, binary: str | None = None) -> RunSpec: ...
+
+
 @pytest.fixture
-def spec_for(tmp_path: Path, private_tmp: Path):  # type: ignore[no-untyped-def]
+def spec_for(tmp_path: Path, private_tmp: Path) -> MakeSpec:
     script = tmp_path / "fake_vmm.py"
     script.write_text(FAKE_VMM)
     store = tmp_path / "store"
@@ -109,9 +117,10 @@ def spec_for(tmp_path: Path, private_tmp: Path):  # type: ignore[no-untyped-def]
     return make
 
 
-def collect(spec: RunSpec, **kwargs: object) -> tuple[session.Outcome, bytes]:
+def collect(spec: RunSpec, *, stdin: int | bytes | None = None,
+            interactive: bool = False) -> tuple[session.Outcome, bytes]:
     chunks: list[bytes] = []
-    outcome = run(spec, sink=chunks.append, **kwargs)  # type: ignore[arg-type]
+    outcome = run(spec, sink=chunks.append, stdin=stdin, interactive=interactive)
     return outcome, b"".join(chunks)
 
 
@@ -123,7 +132,7 @@ def nothing_left(spec: RunSpec, private_tmp: Path) -> None:
 
 @pytest.mark.parametrize(("status", "code"), [("exit=0", 0), ("exit=3", 3),
                                               ("exit=255", 255), ("signal=9", 137)])
-def test_guest_status_is_the_exit_code(spec_for, private_tmp: Path, status: str,
+def test_guest_status_is_the_exit_code(spec_for: MakeSpec, private_tmp: Path, status: str,
                                        code: int) -> None:
     spec = spec_for(f"out:[    0.5] booting\\r\\n;out:Hello\\r\\n;status:{status};exit:0")
     outcome, output = collect(spec)
@@ -133,13 +142,13 @@ def test_guest_status_is_the_exit_code(spec_for, private_tmp: Path, status: str,
     nothing_left(spec, private_tmp)
 
 
-def test_power_off_without_status_is_a_failure(spec_for, private_tmp: Path) -> None:
+def test_power_off_without_status_is_a_failure(spec_for: MakeSpec, private_tmp: Path) -> None:
     outcome, _ = collect(spec_for("out:partial output\\r\\n;exit:0"))
     assert outcome.code == ExitCode.NO_STATUS
     assert outcome.error is not None and "without reporting an exit status" in outcome.error
 
 
-def test_vmm_error_exit(spec_for, private_tmp: Path) -> None:
+def test_vmm_error_exit(spec_for: MakeSpec, private_tmp: Path) -> None:
     spec = spec_for("err:qemu-system-x86_64: -device foo: bad device;exit:1")
     outcome, _ = collect(spec)
     assert outcome.code == ExitCode.VMM_FAILED
@@ -147,14 +156,14 @@ def test_vmm_error_exit(spec_for, private_tmp: Path) -> None:
     nothing_left(spec, private_tmp)
 
 
-def test_vmm_that_cannot_start(spec_for, private_tmp: Path) -> None:
+def test_vmm_that_cannot_start(spec_for: MakeSpec, private_tmp: Path) -> None:
     outcome, _ = collect(spec_for("exit:0", binary="/nonexistent/qemu"))
     assert outcome.code == ExitCode.VMM_FAILED
     assert outcome.error is not None and "cannot run fake-vmm" in outcome.error
     assert os.listdir(private_tmp) == []
 
 
-def test_kernel_panic_stops_a_vm_that_would_hang(spec_for, private_tmp: Path,
+def test_kernel_panic_stops_a_vm_that_would_hang(spec_for: MakeSpec, private_tmp: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(session, "PANIC_GRACE", 0.3)
     spec = spec_for("out:[    1.0] Kernel panic - not syncing: VFS: Unable to mount root\\r\\n;"
@@ -172,7 +181,7 @@ def test_kernel_panic_stops_a_vm_that_would_hang(spec_for, private_tmp: Path,
 
 
 def test_a_boot_that_dies_before_the_init_is_booted_again(
-        spec_for, private_tmp: Path, tmp_path: Path) -> None:
+        spec_for: MakeSpec, private_tmp: Path, tmp_path: Path) -> None:
     boots = tmp_path / "boots"
     spec = spec_for(f"count:{boots};die-once:{tmp_path / 'died'};out:hello\\r\\n;"
                     "status:exit=0")
@@ -184,7 +193,7 @@ def test_a_boot_that_dies_before_the_init_is_booted_again(
 
 
 def test_a_guest_whose_init_was_ready_is_not_booted_again(
-        spec_for, private_tmp: Path, tmp_path: Path) -> None:
+        spec_for: MakeSpec, private_tmp: Path, tmp_path: Path) -> None:
     boots = tmp_path / "boots"
     spec = spec_for(f"count:{boots};status:ready;exit:0")
     outcome, _ = collect(spec)
@@ -194,14 +203,14 @@ def test_a_guest_whose_init_was_ready_is_not_booted_again(
     nothing_left(spec, private_tmp)
 
 
-def test_status_then_no_power_off(spec_for, private_tmp: Path,
+def test_status_then_no_power_off(spec_for: MakeSpec, private_tmp: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(session, "STATUS_GRACE", 0.3)
     outcome, _ = collect(spec_for("status:exit=4;sleep:60"))
     assert outcome.code == 4
 
 
-def test_timeout(spec_for, private_tmp: Path) -> None:
+def test_timeout(spec_for: MakeSpec, private_tmp: Path) -> None:
     spec = spec_for("out:working\\r\\n;sleep:60", timeout=0.5)
     started = time.monotonic()
     outcome, output = collect(spec)
@@ -212,7 +221,7 @@ def test_timeout(spec_for, private_tmp: Path) -> None:
     nothing_left(spec, private_tmp)
 
 
-def test_daemon_dying_mid_run(spec_for, private_tmp: Path) -> None:
+def test_daemon_dying_mid_run(spec_for: MakeSpec, private_tmp: Path) -> None:
     spec = spec_for("sleep:60", daemon="sh -c 'sleep 0.3; echo lost the store >&2; exit 7' {fd}")
     outcome, _ = collect(spec)
     assert outcome.code == ExitCode.DAEMON_FAILED
@@ -221,28 +230,29 @@ def test_daemon_dying_mid_run(spec_for, private_tmp: Path) -> None:
     nothing_left(spec, private_tmp)
 
 
-def test_daemon_exiting_cleanly_while_vm_runs_on(spec_for, private_tmp: Path,
+def test_daemon_exiting_cleanly_while_vm_runs_on(spec_for: MakeSpec, private_tmp: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(session, "DAEMON_GRACE", 0.3)
     outcome, _ = collect(spec_for("sleep:60", daemon="sh -c 'sleep 0.2' {fd}"))
     assert outcome.code == ExitCode.DAEMON_FAILED
 
 
-def test_daemon_exiting_cleanly_as_vm_stops_is_fine(spec_for, private_tmp: Path) -> None:
+def test_daemon_exiting_cleanly_as_vm_stops_is_fine(spec_for: MakeSpec, private_tmp: Path) -> None:
     # The C virtiofsd exits 0 once QEMU hangs up, which may be seen before QEMU's exit.
     outcome, _ = collect(spec_for("sleep:0.5;status:exit=0;sleep:0.5;exit:0",
                                   daemon="sh -c 'sleep 0.7' {fd}"))
     assert outcome.code == 0
 
 
-def test_input_waits_for_the_guest_then_ends_with_eof(spec_for, private_tmp: Path) -> None:
+def test_input_waits_for_the_guest_then_ends_with_eof(spec_for: MakeSpec,
+                                                      private_tmp: Path) -> None:
     spec = spec_for("sleep:0.3;out:prompt> ;echo;status:exit=0;exit:0")
     outcome, output = collect(spec, stdin=b"ls /nix/store\nexit\n")
     assert outcome.code == 0
     assert output == b"prompt> got:ls /nix/store\nexit\n^D\n"
 
 
-def test_input_from_a_pipe(spec_for, private_tmp: Path) -> None:
+def test_input_from_a_pipe(spec_for: MakeSpec, private_tmp: Path) -> None:
     r, w = os.pipe()
     os.write(w, b"piped\n")
     os.close(w)
@@ -254,7 +264,7 @@ def test_input_from_a_pipe(spec_for, private_tmp: Path) -> None:
     assert output == b"$ got:piped\n^D\n"
 
 
-def test_input_from_dev_null(spec_for, private_tmp: Path) -> None:
+def test_input_from_dev_null(spec_for: MakeSpec, private_tmp: Path) -> None:
     fd = os.open(os.devnull, os.O_RDONLY)
     try:
         outcome, output = collect(spec_for("out:$ ;echo;status:exit=0;exit:0"), stdin=fd)
@@ -264,7 +274,7 @@ def test_input_from_dev_null(spec_for, private_tmp: Path) -> None:
     assert outcome.code == 0
 
 
-def test_escape_key_leaves_interactive_session(spec_for, private_tmp: Path) -> None:
+def test_escape_key_leaves_interactive_session(spec_for: MakeSpec, private_tmp: Path) -> None:
     r, w = os.pipe()
     os.write(w, b"ab\x1d")
     try:
@@ -277,7 +287,7 @@ def test_escape_key_leaves_interactive_session(spec_for, private_tmp: Path) -> N
     assert output == b"$ "  # raw mode: bytes as the guest sent them
 
 
-def test_sigterm_to_hostrun_tears_down(spec_for, private_tmp: Path) -> None:
+def test_sigterm_to_hostrun_tears_down(spec_for: MakeSpec, private_tmp: Path) -> None:
     import signal
     import threading
 
@@ -294,7 +304,7 @@ def test_sigterm_to_hostrun_tears_down(spec_for, private_tmp: Path) -> None:
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 
-def test_status_before_timeout_wins_over_it(spec_for, private_tmp: Path,
+def test_status_before_timeout_wins_over_it(spec_for: MakeSpec, private_tmp: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A guest that reported in time but powers off slowly is not a timeout."""
     monkeypatch.setattr(session, "STATUS_GRACE", 1.0)
@@ -304,7 +314,7 @@ def test_status_before_timeout_wins_over_it(spec_for, private_tmp: Path,
     assert 0.9 < time.monotonic() - started < 5
 
 
-def test_a_run_removes_what_killed_runs_left(spec_for, private_tmp: Path) -> None:
+def test_a_run_removes_what_killed_runs_left(spec_for: MakeSpec, private_tmp: Path) -> None:
     stale = private_tmp / "hostrun-stale"
     stale.mkdir(mode=0o700)
     (stale / "owner").write_text(f"{Owner(4194305, 1)}\n")  # above pid_max: gone

@@ -46,7 +46,7 @@ def fake_rust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.write_text(FAKE_RUST_DAEMON.format(python=sys.executable))
     path.chmod(0o755)
     monkeypatch.setenv("FAKE_CALLS", str(tmp_path / "calls"))
-    monkeypatch.setattr(virtiofs.os, "geteuid", lambda: 0)
+    monkeypatch.setattr("hostrun.virtiofs.os.geteuid", lambda: 0)
     return path
 
 
@@ -101,7 +101,7 @@ def test_the_verdict_is_remembered_not_probed_again(
 
 def test_without_root_no_probe_and_no_sandbox(fake_rust: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(virtiofs.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("hostrun.virtiofs.os.geteuid", lambda: 1000)
     assert sandbox_mode(str(fake_rust), HELP) == "none"
     assert calls(tmp_path) == []
 

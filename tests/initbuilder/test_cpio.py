@@ -182,8 +182,8 @@ def test_base_archive_merges_and_conflicts_name_both(tmp_path: Path) -> None:
     image = Image()
     add_skeleton(image)
     add_initrd(image, base)
-    assert image.get("bin/prog-alias").kind is Kind.HARDLINK
-    assert image.get("dev/vda").major == 254
+    assert image["bin/prog-alias"].kind is Kind.HARDLINK
+    assert image["dev/vda"].major == 254
     with pytest.raises(InitkitError) as err:
         image.add_file("etc/motd", data=b"other\n", source="--file motd")
     assert "base.gz:etc/motd" in str(err.value) and "--file motd" in str(err.value)

@@ -28,10 +28,10 @@ def test_copy_recurses_and_keeps_symlinks_and_fifos(tmp_path: Path) -> None:
     image = Image()
     files = HostFiles(image)
     assert files.copy(tree, "/opt/t") == "opt/t"
-    assert image.get("opt/t/link").kind is Kind.SYMLINK
-    assert image.get("opt/t/link").target == "sub/f"
-    assert image.get("opt/t/sub/f").mode == 0o600
-    assert image.get("opt/t/pipe").kind is Kind.FIFO and image.get("opt/t/pipe").mode == 0o640
+    assert image["opt/t/link"].kind is Kind.SYMLINK
+    assert image["opt/t/link"].target == "sub/f"
+    assert image["opt/t/sub/f"].mode == 0o600
+    assert image["opt/t/pipe"].kind is Kind.FIFO and image["opt/t/pipe"].mode == 0o640
     with pytest.raises(InitkitError, match="no such file"):
         files.copy(tmp_path / "missing", "x")
 
@@ -55,9 +55,9 @@ def test_add_recreates_each_link_on_the_way(tmp_path: Path) -> None:
     final = files.add(str(tmp_path / "lib" / "libz.so.1"))
     root = str(tmp_path)
     assert final == f"{root}/usr/lib/libz.so.1.2"
-    assert image.get(f"{root}/lib").target == "usr/lib"
-    assert image.get(f"{root}/usr/lib/libz.so.1").target == "libz.so.1.2"
-    assert image.get(final).host == real / "libz.so.1.2"
+    assert image[f"{root}/lib"].target == "usr/lib"
+    assert image[f"{root}/usr/lib/libz.so.1"].target == "libz.so.1.2"
+    assert image[final].host == real / "libz.so.1.2"
     # The same file again, by another walker too, is not a conflict.
     HostFiles(image).add(str(tmp_path / "lib" / "libz.so.1"))
 
@@ -75,12 +75,12 @@ def test_a_real_directory_in_the_image_is_kept_where_the_tree_has_a_link(
     image.add_file(f"{root}/lib/modules/fuse.ko", data=b"ko")
     stored = HostFiles(image).add(str(tmp_path / "lib" / "libc.so.6"))
     assert stored == f"/{root}/lib/libc.so.6"
-    assert image.get(f"{root}/lib").kind is Kind.DIR
+    assert image[f"{root}/lib"].kind is Kind.DIR
     # An implied directory with nothing in it is only a default: the link replaces it.
     image = Image()
     image.add_directory(f"{root}/lib", weak=True)
     HostFiles(image).add(str(tmp_path / "lib" / "libc.so.6"))
-    assert image.get(f"{root}/lib").kind is Kind.SYMLINK
+    assert image[f"{root}/lib"].kind is Kind.SYMLINK
 
 
 def test_inside_a_root_links_resolve_in_the_tree_and_dotdot_after_them(
@@ -98,15 +98,15 @@ def test_inside_a_root_links_resolve_in_the_tree_and_dotdot_after_them(
     image = Image()
     files = HostFiles(image, Sysroot(tree))
     assert files.add("/lib64/ld.so") == "/usr/lib/x86_64-linux-gnu/ld.so"
-    assert image.get("lib64/ld.so").target == "/usr/lib/x86_64-linux-gnu/ld.so"
-    assert image.get("usr/lib/x86_64-linux-gnu/ld.so").host == \
+    assert image["lib64/ld.so"].target == "/usr/lib/x86_64-linux-gnu/ld.so"
+    assert image["usr/lib/x86_64-linux-gnu/ld.so"].host == \
         tree / "usr/lib/x86_64-linux-gnu/ld.so"
     # arch/../share is usr/lib/share's sibling, as the kernel resolves it: ".." after the link.
     with pytest.raises(InitkitError, match="cannot add it"):
         files.add("/arch/../share/data")
     (tree / "usr/lib/share").symlink_to("../share")
     assert files.add("/arch/../share/data") == "/usr/share/data"
-    assert image.get("usr/lib/share").target == "../share"
+    assert image["usr/lib/share"].target == "../share"
 
 
 def test_a_link_loop_is_an_error(tmp_path: Path) -> None:

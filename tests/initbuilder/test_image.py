@@ -25,12 +25,21 @@ def test_normalize_refuses_escape_root_and_nul(raw: str) -> None:
         normalize(raw)
 
 
+def test_indexing_is_get_that_raises_for_a_missing_path() -> None:
+    image = Image()
+    image.add_file("/a/b", data=b"x")
+    assert image["/a/b"] is image.get("a/b") is image["a/b"]
+    assert image.get("a/c") is None
+    with pytest.raises(KeyError):
+        image["a/c"]
+
+
 def test_parents_are_implied_0755_and_explicit_mode_wins() -> None:
     image = Image()
     image.add_file("/a/b/c", data=b"x")
-    assert image.get("a").kind is Kind.DIR and image.get("a").mode == 0o755
+    assert image["a"].kind is Kind.DIR and image["a"].mode == 0o755
     image.add_directory("a/b", 0o700)
-    assert image.get("a/b").mode == 0o700
+    assert image["a/b"].mode == 0o700
     assert [p for p in image] == ["a", "a/b", "a/b/c"]
 
 
@@ -52,16 +61,16 @@ def test_same_content_from_another_host_path_is_identical(tmp_path: Path) -> Non
     image = Image()
     image.add_file("lib/x.so", host=tmp_path / "a", mode=0o755)
     image.add_file("lib/x.so", host=tmp_path / "b", mode=0o755)
-    assert image.get("lib/x.so").host == tmp_path / "a"
+    assert image["lib/x.so"].host == tmp_path / "a"
 
 
 def test_weak_defaults_yield_to_explicit_entries() -> None:
     image = Image()
     image.add_directory("tmp", 0o1777, weak=True)
     image.add_directory("tmp", 0o755)
-    assert image.get("tmp").mode == 0o755
+    assert image["tmp"].mode == 0o755
     image.add_directory("tmp", 0o700, weak=True)  # a default never overrides
-    assert image.get("tmp").mode == 0o755
+    assert image["tmp"].mode == 0o755
 
 
 def test_file_under_a_file_is_an_error() -> None:
@@ -96,7 +105,7 @@ def test_hardlink_needs_a_regular_file() -> None:
         image.add_hardlink("l", "missing")
     image.add_file("f", data=b"x", mode=0o640)
     image.add_hardlink("l", "/f")
-    assert image.get("l").target == "f" and image.get("l").mode == 0o640
+    assert image["l"].target == "f" and image["l"].mode == 0o640
 
 
 def test_has_children_sees_entries_below_a_path_only() -> None:
@@ -115,13 +124,13 @@ def test_a_populated_weak_directory_is_not_replaced_by_a_file() -> None:
         image.add_symlink("lib", "usr/lib")
     image.add_directory("empty", weak=True)
     image.add_symlink("empty", "usr/lib")  # an empty default yields
-    assert image.get("empty").kind is Kind.SYMLINK
+    assert image["empty"].kind is Kind.SYMLINK
 
 
 def test_device_kinds_are_the_enum_and_a_wrong_one_is_a_bug() -> None:
     image = Image()
     image.add_device("dev/vda", Kind.BLOCK, 254, 0)
-    assert image.get("dev/vda").kind is Kind.BLOCK
+    assert image["dev/vda"].kind is Kind.BLOCK
     for wrong in ("c", "char", Kind.FIFO):
         with pytest.raises(ValueError, match=r"Kind\.CHAR or Kind\.BLOCK"):
             image.add_device("dev/x", wrong, 1, 1)  # type: ignore[arg-type]

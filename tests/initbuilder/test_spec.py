@@ -12,10 +12,8 @@ from initbuilder.spec import BuildSpec, PhaseTimer, build, build_cached, build_i
 from initkit.errors import InitkitError
 
 
-def spec_for(tmp_path: Path, **kw: object) -> BuildSpec:
-    fields: dict[str, object] = {"busybox": None, "init": False,
-                                 "files": [f"{tmp_path / 'f'}:/etc/f"], **kw}
-    return BuildSpec(**fields)  # type: ignore[arg-type]
+def spec_for(tmp_path: Path, *, busybox: str | None = None) -> BuildSpec:
+    return BuildSpec(busybox=busybox, init=False, files=[f"{tmp_path / 'f'}:/etc/f"])
 
 
 def test_build_times_each_phase(tmp_path: Path) -> None:

@@ -33,9 +33,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = 256 * 1024  # big enough that writes and renames of different writers interleave
 
 
-def _python(code: str, *args: str, **kw: object) -> subprocess.Popen[bytes]:
+def _python(code: str, *args: str, stdout: int | None = None,
+            stderr: int | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, **kw)  # type: ignore[call-overload]
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=stdout,
+                            stderr=stderr)
 
 
 HAMMER = """

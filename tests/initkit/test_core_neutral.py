@@ -10,7 +10,7 @@ CORE = Path(__file__).resolve().parents[2] / "initkit"
 
 
 def _imports(source: Path) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(source.read_text(), str(source))):  # also in functions
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from initbuilder.kernels.fetch import FetchedKernel
 from initkit.errors import (
     ENVIRONMENT_EXIT,
     USER_ERROR_EXIT,
@@ -71,8 +72,8 @@ def in_small_tmpfs(mount: Path, argv: list[str], *, size: str = "256k", fill: bo
 
 
 @pytest.fixture(scope="module")
-def bzimage(debian_kernel: object) -> Path:
-    return Path(debian_kernel.bzimage)  # type: ignore[attr-defined]
+def bzimage(debian_kernel: FetchedKernel) -> Path:
+    return debian_kernel.bzimage
 
 
 # -- the examples of issue 15 -------------------------------------------------------

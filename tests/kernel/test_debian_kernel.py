@@ -36,6 +36,7 @@ def test_kernel_info_reads_the_version_the_package_names(debian_kernel: FetchedK
     assert debian_kernel.package_version in info.version_string
     assert debian_kernel.config is not None
     config = debian_kernel.config.read_text()
+    assert info.compression is not None
     assert f"CONFIG_KERNEL_{info.compression.upper()}=y" in config  # xz on 12, zstd on 13
     assert info.pvh is True
 

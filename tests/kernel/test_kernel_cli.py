@@ -15,7 +15,7 @@ from initbuilder.kernels.fetch import FetchedKernel
 from initkit.cli import Command
 
 
-def invoke(*args: str) -> click.testing.Result:
+def invoke(*args: str | Path) -> click.testing.Result:
     return CliRunner().invoke(kernel, [str(a) for a in args], catch_exceptions=False)
 
 
@@ -62,7 +62,7 @@ def test_modules_prints_the_load_list(module_tree: ModuleTreeBuilder) -> None:
 
 
 def test_kernel_options_decorator(tmp_path: Path) -> None:
-    seen = {}
+    seen: dict[str, object] = {}
 
     @click.command(cls=Command)
     @kernel_options

@@ -33,7 +33,7 @@ def sample_tree(root: Path) -> Path:
 
 
 def tree_listing(root: Path) -> list[tuple[str, str, bytes | str]]:
-    found = []
+    found: list[tuple[str, str, bytes | str]] = []
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
         st = os.lstat(path)

@@ -16,13 +16,14 @@ from test_nar import tree_listing
 from hostrun.storeview import nixbase32
 from hostrun.storeview.closure import resolve_closure
 from hostrun.storeview.substituter import FileBinaryCache
+from hostrun.storeview.view import StoreView
 from initkit.errors import InitkitError
 from initkit.owner import Owner, start_time
 
 EMPTY_STORE = "empty-store"
 
 
-def closure_from(cache: Path, tmp_path: Path, *paths: str):  # type: ignore[no-untyped-def]
+def closure_from(cache: Path, tmp_path: Path, *paths: str) -> StoreView:
     """The closure of ``paths`` with an empty host store: everything from ``cache``."""
     store = tmp_path / EMPTY_STORE
     store.mkdir(exist_ok=True)
@@ -206,7 +207,9 @@ def test_nar_url_encoded_dot_dot_is_refused(tmp_path: Path) -> None:
 def test_a_nar_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     name = "0c1ml0w7cbk1yr2x6q6x9fl0fnx0qxr8-docs"
     info = write_cache_entry(tmp_path / "cache", name, nar(regular(b"")))
-    nar_file = tmp_path / "cache" / re.search(r"^URL: (.*)$", info.read_text(), re.M)[1]
+    url = re.search(r"^URL: (.*)$", info.read_text(), re.M)
+    assert url is not None
+    nar_file = tmp_path / "cache" / url[1]
     nar_file.unlink()
     os.mkfifo(nar_file)  # would block a reader for ever
     with pytest.raises(InitkitError, match="the NAR is not a regular file; refused"):
