@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 # reboot(2) commands (linux/reboot.h).
 RB_POWER_OFF = 0x4321FEDC
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2), linux/prctl.h
 # finit_module(2) has no glibc wrapper; its number differs per architecture.
 _FINIT_MODULE = {
     "x86_64": 313, "aarch64": 273, "riscv64": 273, "loongarch64": 273,
@@ -60,6 +61,7 @@ class System:
         self._syscall = libc["syscall"]
         self._ioctl = libc["ioctl"]
         self._reboot = libc["reboot"]
+        self._prctl = libc["prctl"]
         self._get_errno = libc["get_errno"]
         self._machine = posix.uname().machine
 
@@ -313,6 +315,12 @@ class System:
             raise OSError(err, posix.strerror(err), argv[0])
         return pid
 
+    def become_subreaper(self) -> None:
+        """prctl(PR_SET_CHILD_SUBREAPER): orphans among this process's descendants are
+        reparented to it instead of PID 1 (the agent reaps and reports them)."""
+        if self._prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            _raise_errno(self._get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
     @staticmethod
     def wait_any() -> tuple[int, int]:
         """Block until some child ends: (pid, wait status). ChildProcessError if none."""
@@ -427,6 +435,7 @@ LIBC_SIGNATURES = {
     "syscall": ("l", "l", "z", "l"),  # finit_module(fd, params, flags)
     "ioctl": ("i", "L", "l"),
     "reboot": ("i",),
+    "prctl": ("i", "L", "L", "L", "L"),
 }
 
 
@@ -435,7 +444,7 @@ def _libc_functions(lean: bool = True) -> dict[str, Any]:
     "get_errno"), bound through _ctypes, the C half of ctypes.
 
     Importing the ctypes package costs ~25 ms of every boot under TCG (its Python
-    layer, struct, types) for five functions; _ctypes gives them directly. Its
+    layer, struct, types) for six functions; _ctypes gives them directly. Its
     interface (CFuncPtr, _SimpleCData, dlopen) is CPython's own rather than a
     documented one, so any surprise there falls back to the ctypes package.
     """
