@@ -22,6 +22,7 @@ SIGNATURES = {
     "syscall": ("l", "l", "z", "l"),  # finit_module(fd, params, flags)
     "ioctl": ("i", "l", "l"),
     "reboot": ("i",),
+    "prctl": ("i", "l", "l", "l", "l"),
 }
 
 

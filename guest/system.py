@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 # reboot(2) commands (linux/reboot.h).
 RB_POWER_OFF = 0x4321FEDC
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2), linux/prctl.h
 # finit_module(2) has no glibc wrapper; its number differs per architecture.
 _FINIT_MODULE = {
     "x86_64": 313, "aarch64": 273, "riscv64": 273, "loongarch64": 273,
@@ -73,6 +74,7 @@ class System:
         self._syscall = functions["syscall"]
         self._ioctl = functions["ioctl"]
         self._reboot = functions["reboot"]
+        self._prctl = functions["prctl"]
         self._get_errno = functions["get_errno"]
         self._machine = posix.uname().machine
 
@@ -329,6 +331,12 @@ class System:
             err = int(reply)
             raise OSError(err, posix.strerror(err), argv[0])
         return pid
+
+    def become_subreaper(self) -> None:
+        """prctl(PR_SET_CHILD_SUBREAPER): orphans among this process's descendants are
+        reparented to it instead of PID 1 (the agent reaps and reports them)."""
+        if self._prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            _raise_errno(self._get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
     @staticmethod
     def wait_any() -> tuple[int, int]:

@@ -68,9 +68,11 @@ class _Found:
 class Follower:
     """Resolve module names to files without importing them, and follow their imports."""
 
-    def __init__(self, search_path: list[str], packages: dict[str, str]) -> None:
+    def __init__(self, search_path: list[str], packages: dict[str, str],
+                 unwanted: frozenset[str] = frozenset()) -> None:
         self._search_path = search_path
         self._packages = packages  # top-level name -> directory, searched first
+        self._unwanted = unwanted  # top-level names left out where imported optionally
         self._cache: dict[str, _Found | None] = {}
         self.found: dict[str, _Found] = {}
         self.via: dict[str, str] = {}
@@ -103,7 +105,9 @@ class Follower:
         pending = [(name, importer, optional)]
         while pending:
             current, by, maybe = pending.pop()
-            if current in self.found or current in ALIASES or current.split(".")[0] in FOREIGN:
+            top = current.split(".")[0]
+            if current in self.found or current in ALIASES or top in FOREIGN or (
+                    maybe and top in self._unwanted):
                 continue
             found = self.find(current)
             if found is None:
@@ -281,8 +285,10 @@ def follow(request: dict[str, Any]) -> dict[str, Any]:
 
     Request: ``packages`` {name: package dir}, ``roots`` [module names the interpreter
     needs by itself], ``prefix`` (the runtime's guest prefix), ``out`` (a directory for
-    compiled files), ``optimize`` (0-2). Answer: ``facts``, ``files`` [{name, kind,
-    host, guest, frozen}] with ``host`` a compiled .pyc in ``out`` for Python modules,
+    compiled files), ``optimize`` (0-2), ``unwanted`` [top-level names not followed
+    where they are imported optionally, under ``try: ... except ImportError``].
+    Answer: ``facts``, ``files`` [{name, kind, host, guest, frozen}] with ``host`` a
+    compiled .pyc in ``out`` for Python modules,
     and ``missing`` {name: importer}; or ``error``, naming a module that does not parse
     or compile under this interpreter; or ``write_error`` {errno, path}: a compiled file
     could not be written (a full disk), for the caller to explain.
@@ -302,7 +308,7 @@ def follow(request: dict[str, Any]) -> dict[str, Any]:
 
 def _follow(request: dict[str, Any], info: dict[str, object], packages: dict[str, str],
             lib: str, search: list[str], out_dir: str, optimize: int) -> dict[str, Any]:
-    follower = Follower(search, packages)
+    follower = Follower(search, packages, frozenset(request.get("unwanted", ())))
     for root in request.get("roots", []):
         follower.add(str(root), "<interpreter>")
     for package, directory in packages.items():
