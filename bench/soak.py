@@ -317,6 +317,11 @@ def main() -> int:
             temps = _cache_temps(cache) - temps_before
             row["cachetmp"] += len(temps)
             temps_before |= temps
+            leaked = [f"{procs} process(es)"] if procs else []
+            leaked += [str(root / "tmp" / name) for name in left if code != -signal.SIGKILL]
+            leaked += [str(path) for path in temps]
+            if leaked:  # name them, to look at (or to rerun this fault alone with --fault)
+                note += f"; LEFT {', '.join(sorted(leaked))}"
             print(f"{index + 1:3d}/{args.runs} {fault.name}: exit {code}{note}", file=sys.stderr)
         if pending:  # one more boot, to see the last SIGKILLed dirs reaped
             one_boot(FAULTS[0], root, kernel, rng, boot_time)
