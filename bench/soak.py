@@ -67,6 +67,7 @@ class Run:
     tmpdir: Path
     output: bytearray = field(default_factory=bytearray)
     ready: threading.Event = field(default_factory=threading.Event)
+    ready_at: float = 0.0  # time.monotonic() when READY came
 
 
 def _descendants(pid: int) -> list[int]:
@@ -132,6 +133,7 @@ def _nothing(run: Run) -> None:
 
 
 SLEEPER = f"echo {READY.decode()}; sleep 3; echo done"
+LAST_MOMENT = 2.5  # s after READY: the latest "random moment", half a second before "done"
 FAULTS = [
     Fault("none", SLEEPER, 0, "ready", _nothing),
     Fault("daemon killed before boot", SLEEPER, 121, "start", _kill_daemon_early),
@@ -156,7 +158,8 @@ def _pump(run: Run) -> None:
     assert isinstance(stream, io.BufferedReader)  # a pipe, buffered (Popen's default)
     while chunk := stream.read1(65536):
         run.output += chunk
-        if READY in run.output:
+        if not run.ready.is_set() and READY in run.output:
+            run.ready_at = time.monotonic()
             run.ready.set()
 
 
@@ -232,12 +235,17 @@ def one_boot(fault: Fault, root: Path, kernel: str, rng: random.Random,
             fault.inject(run)
     else:
         # Any moment from hostrun's start to shortly before the guest's command ends
-        # (boot_time is a whole clean run, its 3 s sleep included).
-        delay = rng.uniform(0.0, max(boot_time - 1.5, 0.5))
-        try:
-            proc.wait(delay)
-        except subprocess.TimeoutExpired:
-            fault.inject(run)
+        # (boot_time is a whole clean run, its 3 s sleep included). A run faster than
+        # the clean one (the machine is shared: boots vary by seconds) would end before
+        # a late moment came and the fault would miss it: a moment is never later than
+        # LAST_MOMENT after READY, while the guest still sleeps.
+        moment = start + rng.uniform(0.0, max(boot_time - 1.5, 0.5))
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now >= moment or (run.ready.is_set() and now >= run.ready_at + LAST_MOMENT):
+                fault.inject(run)
+                break
+            time.sleep(0.005)
     try:
         code = proc.wait(RUN_LIMIT)
     except subprocess.TimeoutExpired:
