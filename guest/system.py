@@ -70,12 +70,13 @@ class System:
         return time.clock_gettime(time.CLOCK_BOOTTIME)
 
     @staticmethod
-    def init_exec_time() -> float | None:
+    def init_exec_time() -> tuple[float, float] | None:
         """When the kernel exec'd init, on now()'s timeline, from its "Run /init as init
-        process" record in /dev/kmsg (PID 1's own start time is the kernel thread's).
+        process" record in /dev/kmsg (PID 1's own start time is the kernel thread's),
+        and how far the kernel log's clock is ahead of now()'s, in seconds.
 
         The kernel log's clock is not CLOCK_BOOTTIME: on x86 the two differ by what the
-        kernel ran before its timekeeping started (13 ms under TCG here). A record of
+        kernel ran before its timekeeping started (13-27 ms under TCG here). A record of
         our own, written and read back, measures the difference."""
         try:
             fd = posix.open("/dev/kmsg", posix.O_RDWR | posix.O_NONBLOCK | posix.O_CLOEXEC)
@@ -98,7 +99,8 @@ class System:
                 if message.startswith(b"Run ") and b" as init process" in message:
                     exec_stamp = stamp
                 elif message.startswith(b"initkit: clock") and exec_stamp is not None:
-                    return exec_stamp - (stamp - (before + after) / 2)
+                    ahead = stamp - (before + after) / 2
+                    return exec_stamp - ahead, ahead
         except (OSError, IndexError, ValueError):
             return None
         finally:

@@ -176,6 +176,9 @@ def test_debug_prints_phase_timings(fake: FakeSystem) -> None:
     timings = [s for s in fake.said if s.startswith("timing:")]
     assert any("mount devtmpfs" in s for s in timings)
     assert "action starts" in timings[-1]
+    # The fake's exec at 9.5 s and a kernel log clock 13 ms ahead of the init's.
+    assert "kernel ran /init at 9.500 s" in timings[0]
+    assert "the kernel log's clock is 13.0 ms ahead" in timings[1]
     quiet = FakeSystem()
     booted(quiet, "tvix.find")
     assert not [s for s in quiet.said if s.startswith("timing:")]
