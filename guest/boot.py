@@ -97,11 +97,16 @@ def boot(system: System, outcome: Outcome, started: float,
         except OSError as exc:
             system.say(f"cannot turn off the console's echo: {describe(exc)}")
     system.write_out(ready_record(plan.nonce))
+    began = system.now()
     try:
         outcome.status = run_action(plan.action, system, debug=plan.debug)
     except ShutdownRequested as request:
         system.say(f"{request}; ending every process")
         outcome.status = ExitStatus.exited(0)
+    if plan.debug:  # what is left after this is the power-off
+        ended = system.now()
+        system.say(f"timing: action ended at {ended:.3f} s since boot "
+                   f"({(ended - began) * 1000:.1f} ms)")
 
 
 def describe(exc: OSError) -> str:
