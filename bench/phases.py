@@ -38,6 +38,7 @@ How the phases are found, per boot (medians over the runs are printed):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,7 +243,7 @@ def main() -> None:
         store = work / "store"
         store.mkdir()
         program = make_store(store)
-        runners = {}
+        runners: dict[str, Callable[[], dict[str, float]]] = {}
         if not args.no_floor:
             vmlinux = extract_vmlinux(built.bzimage)
             floor = build_floor_initrd(work / "floor.cpio", kernel=built.bzimage,
@@ -253,9 +255,10 @@ def main() -> None:
                 name, _, under = text.partition("=")
                 over = work / f"floor-over-{len(runners)}.cpio"
                 over.write_bytes(Path(under).read_bytes() + floor.read_bytes())
-                runners[name] = (lambda o=over: floor_boot(vmlinux, o, store, program, work))
+                runners[name] = functools.partial(floor_boot, vmlinux, over, store, program,
+                                                  work)
         for case in cases:
-            runners[case.name] = (lambda c=case: hostrun_boot(c, store, program, work))
+            runners[case.name] = functools.partial(hostrun_boot, case, store, program, work)
         rows: dict[str, list[dict[str, float]]] = {}
         for name, runner in runners.items():
             runner()  # warm-up: page cache, the default initrd's build
