@@ -19,6 +19,7 @@ Runs are interleaved (one of each per round) so drift hits every row alike.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import socket
 import statistics
@@ -46,6 +47,16 @@ HASH = "1b9p07z77phvv2hf6gm9f28syp39f1ag"
 # The console script next to this interpreter: a version manager's shim on PATH (pyenv)
 # would add its own start-up (200 ms here) to what is measured.
 HOSTRUN = str(Path(sys.executable).with_name("hostrun"))
+
+
+def ensure_bytecode() -> None:
+    """Compile initkit's packages to bytecode, as an installed package has it: an editable
+    install under $PYTHONDONTWRITEBYTECODE (set in this project's shells) otherwise
+    compiles hostrun's modules from source on every run, ~20 ms of CPU before QEMU
+    starts (docs/benchmarks.md, "Where a minimal-kernel boot's time goes")."""
+    root = Path(__file__).resolve().parents[1]
+    for package in ("hostrun", "initbuilder", "guest"):
+        compileall.compile_dir(root / package, quiet=1)
 
 
 def make_store(root: Path) -> str:
@@ -130,6 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     if not os.access(HOSTRUN, os.X_OK):
         raise SystemExit(f"{HOSTRUN} is missing: pip install -e .")
+    ensure_bytecode()
     kernel = fetch_debian_kernel()
     vmlinux = extract_vmlinux(kernel.bzimage)
     minimal = args.minimal

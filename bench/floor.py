@@ -54,8 +54,9 @@ busybox poweroff -f
 
 
 def build_floor_initrd(out: Path, *, kernel: Path | None = None,
-                       modules_dir: Path | None = None) -> Path:
-    """Write the floor initrd (uncompressed newc) to ``out`` and return it."""
+                       modules_dir: Path | None = None, init_script: str = INIT_SCRIPT) -> Path:
+    """Write the floor initrd (uncompressed newc) to ``out`` and return it; a bench
+    that needs to see inside the floor's boot passes its own variant of INIT_SCRIPT."""
     busybox = shutil.which("busybox")
     if busybox is None:
         raise FileNotFoundError("busybox is needed for the floor initrd (apt-get install "
@@ -64,7 +65,7 @@ def build_floor_initrd(out: Path, *, kernel: Path | None = None,
     add_skeleton(image)
     image.add_file("bin/busybox", host=busybox, mode=0o755)
     image.add_symlink("bin/sh", "busybox")
-    image.add_file("init", data=INIT_SCRIPT.encode(), mode=0o755)
+    image.add_file("init", data=init_script.encode(), mode=0o755)
     add_modules(image, kernel=kernel, modules_dir=modules_dir)
     write_initrd(image, out, compression="none")
     return out
