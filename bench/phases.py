@@ -42,7 +42,6 @@ import functools
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,15 +53,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from initbuilder.kernels.formats import extract_vmlinux
-from initbuilder.kernels.build import lookup
-
 from bench.boot import HOSTRUN, ensure_bytecode, make_store
-from bench.floor import INIT_SCRIPT, build_floor_initrd
-from hostrun import hostcpu
-from hostrun.action import Action, kernel_cmdline
-from hostrun.virtiofs import choose_daemon
-from hostrun.vmm import BootConfig, Qemu
+from bench.floor import INIT_SCRIPT, build_floor_initrd, start_floor
+from hostrun.vmm import Qemu
+from initbuilder.kernels.build import lookup
+from initbuilder.kernels.formats import extract_vmlinux
 
 PHASES = ("to QEMU", "QEMU start", "kernel to /init", "interpreter", "imports",
           "init steps", "action", "to power-off", "off to exit")
@@ -159,18 +154,7 @@ def floor_boot(vmlinux: Path, initrd: Path, store: Path, program: str,
     """bench/boot.py's floor boot, with its console read line by line as it comes."""
     path = work / "floor.sock"
     start = time.time()
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.listen(1)
-    fs = choose_daemon("auto", store)
-    daemon = subprocess.Popen(fs.argv(path, listener.fileno()), pass_fds=(listener.fileno(),),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    listener.close()
-    qemu = Qemu(tsc_khz=hostcpu.host_tsc_khz())
-    cmdline = kernel_cmdline(defaults=qemu.cmdline_defaults("tcg"), nonce="0" * 16,
-                             verbose=False, action=Action("exec", argv=(program,)))
-    argv = qemu.argv(BootConfig(kernel=vmlinux, initrd=initrd, cmdline=cmdline,
-                                fs_socket=path, accel="tcg"))
+    daemon, argv = start_floor(vmlinux, initrd, store, program, "tcg", path)
     trace = work / "qemu-trace.log"
     trace.unlink(missing_ok=True)
     argv += _TRACE_ARGS.format(log=trace).split()

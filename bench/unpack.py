@@ -23,10 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from initbuilder.kernels.build import lookup
-
 from bench.boot import HOSTRUN, ensure_bytecode, make_store
 from bench.floor import build_floor_initrd
+from initbuilder.kernels.build import lookup
 
 INITBUILDER = str(Path(sys.executable).with_name("initbuilder"))
 SUFFIXES = (".cpio", ".cpio.lz4", ".cpio.zst", ".cpio.gz", ".cpio.xz")
