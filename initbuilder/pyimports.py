@@ -286,10 +286,10 @@ def follow(request: dict[str, Any]) -> dict[str, Any]:
     Request: ``packages`` {name: package dir}, ``roots`` [module names the interpreter
     needs by itself], ``prefix`` (the runtime's guest prefix), ``out`` (a directory for
     compiled files), ``optimize`` (0-2), ``unwanted`` [top-level names not followed
-    where they are imported optionally, under ``try: ... except ImportError``]. Answer: ``facts``, ``files`` [{name, kind,
-    host, guest, frozen}] with ``host`` a compiled .pyc in ``out`` for Python modules,
-    and ``missing`` {name: importer}; or ``error``, naming a module that does not parse
-    or compile under this interpreter.
+    where they are imported optionally, under ``try: ... except ImportError``].
+    Answer: ``facts``, ``files`` [{name, kind, host, guest, frozen}] with ``host`` a
+    compiled .pyc in ``out`` for Python modules, and ``missing`` {name: importer}; or
+    ``error``, naming a module that does not parse or compile under this interpreter.
     """
     info = facts()
     packages = dict(request["packages"])

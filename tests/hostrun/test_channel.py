@@ -18,6 +18,7 @@ from realparts import need
 
 from guest import wire
 from hostrun.channel import Channel, ChannelError, GuestError
+from hostrun.streams import ExecStream
 from initbuilder.errors import InitkitError
 
 
@@ -274,8 +275,7 @@ def test_the_agent_refuses_bad_requests_and_keeps_serving(channel: Channel) -> N
         {"argv": [b"true"], "stdin": 7},
     ]
     for fields in bad:
-        request = channel._open(type(channel.exec(["true"])._request), "raw", wire.EXEC,
-                                fields)
+        request = channel._open(ExecStream, "raw", wire.EXEC, fields)
         kind, answer = request.wait_final(30)
         assert kind == wire.ERROR and answer["message"]
     assert channel.run(["echo", "ok"], wait_timeout=30).stdout == b"ok\n"
