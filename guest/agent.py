@@ -77,6 +77,9 @@ class Agent:
         """Serve until the host asks to shut down (SHUTDOWN), goes away (DISCONNECTED)
         or breaks the protocol ("protocol error: ..."); every request is ended then."""
         posix.chdir("/")  # relative paths in requests are from the root; see spawn()
+        # A command that inherited the channel would keep it open after the agent died,
+        # and the host would never see it go.
+        posix.set_inheritable(self.fd, False)
         posix.set_blocking(self.fd, False)
         wake_read, wake_write = posix.pipe()
         posix.set_blocking(wake_read, False)

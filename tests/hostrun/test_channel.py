@@ -356,15 +356,22 @@ def test_transfer_errors_leave_the_channel_usable(channel: Channel, tmp_path: Pa
 # -- the channel's own failures -----------------------------------------------------------
 def test_an_agent_that_dies_fails_every_pending_call_with_the_detail() -> None:
     with served(describe_failure=lambda: "console: the last lines") as (chan, proc):
-        running = [chan.exec(["sleep", "1000"]) for _ in range(3)]
-        proc.kill()
-        for execution in running:
-            with pytest.raises(ChannelError, match="closed the control channel") as info:
-                execution.wait(30)
-            assert "console: the last lines" in str(info.value)
-            assert info.value.detail == "console: the last lines"
-        with pytest.raises(ChannelError):
-            chan.exec(["true"])
+        running = [chan.exec(["sh", "-c", "echo $$; exec sleep 1000"]) for _ in range(3)]
+        # Started: each holds whatever it inherited. Nobody kills them once the agent
+        # is gone (in a VM, PID 1 ends everything before it powers off).
+        orphans = [int(next(iter(execution))[1]) for execution in running]
+        try:
+            proc.kill()
+            for execution in running:
+                with pytest.raises(ChannelError, match="closed the control channel") as info:
+                    execution.wait(30)
+                assert "console: the last lines" in str(info.value)
+                assert info.value.detail == "console: the last lines"
+            with pytest.raises(ChannelError):
+                chan.exec(["true"])
+        finally:
+            for pid in orphans:
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_shutdown_ends_the_agent_and_its_commands(tmp_path: Path) -> None:
@@ -380,3 +387,9 @@ def test_shutdown_ends_the_agent_and_its_commands(tmp_path: Path) -> None:
 
 def test_ping_round_trips(channel: Channel) -> None:
     assert channel.ping(b"payload \xff") > 0
+
+
+def test_commands_do_not_inherit_the_channel(channel: Channel) -> None:
+    """Else a command outliving the agent would hold the channel open."""
+    result = channel.run(["sh", "-c", "ls -l /proc/$$/fd"], wait_timeout=30)
+    assert b"socket:" not in result.stdout, result.stdout
