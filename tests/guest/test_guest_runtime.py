@@ -105,7 +105,9 @@ def test_the_guest_reaches_only_a_small_stdlib_subset() -> None:
     # Heavy modules the guest avoids on purpose stay out; __future__ is compiled in.
     assert not {"typing", "dataclasses", "signal", "subprocess", "traceback", "contextlib",
                 "_py_abc", "__future__"} & set(found)
-    assert sum(1 for m in found.values() if m.kind == "source") < 50
+    # The init, the agent and the modules tarfile needs: ~50 (the agent's split into
+    # agent/requests/port/spawn/transfer made it 51); far more means a heavy import crept in.
+    assert sum(1 for m in found.values() if m.kind == "source") < 56
 
 
 def test_the_boot_and_the_agent_import_only_a_few_modules() -> None:
