@@ -19,8 +19,8 @@ Runs are interleaved (one of each per round) so drift hits every row alike.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,11 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.floor import build_floor_initrd
-from hostrun import hostcpu
-from hostrun.action import Action, kernel_cmdline
+from bench.floor import build_floor_initrd, start_floor
 from hostrun.virtiofs import choose_daemon
-from hostrun.vmm import BootConfig, Qemu
 from initbuilder.kernels.build import lookup
 from initbuilder.kernels.fetch import fetch_debian_kernel
 from initbuilder.kernels.formats import extract_vmlinux
@@ -46,6 +43,16 @@ HASH = "1b9p07z77phvv2hf6gm9f28syp39f1ag"
 # The console script next to this interpreter: a version manager's shim on PATH (pyenv)
 # would add its own start-up (200 ms here) to what is measured.
 HOSTRUN = str(Path(sys.executable).with_name("hostrun"))
+
+
+def ensure_bytecode() -> None:
+    """Compile initkit's packages to bytecode, as an installed package has it: an editable
+    install under $PYTHONDONTWRITEBYTECODE (set in this project's shells) otherwise
+    compiles hostrun's modules from source on every run, ~20 ms of CPU before QEMU
+    starts (docs/benchmarks.md, "Where a minimal-kernel boot's time goes")."""
+    root = Path(__file__).resolve().parents[1]
+    for package in ("hostrun", "initbuilder", "guest"):
+        compileall.compile_dir(root / package, quiet=1)
 
 
 def make_store(root: Path) -> str:
@@ -81,18 +88,7 @@ FLOOR_RETRIES: list[int] = []
 def _floor_boot(vmlinux: Path, initrd: Path, store: Path, program: str, accel: str,
                 workdir: Path) -> bytes:
     path = workdir / "floor.sock"
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.listen(1)
-    fs = choose_daemon("auto", store)
-    daemon = subprocess.Popen(fs.argv(path, listener.fileno()), pass_fds=(listener.fileno(),),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    listener.close()
-    qemu = Qemu(tsc_khz=hostcpu.host_tsc_khz() if accel == "tcg" else None)
-    cmdline = kernel_cmdline(defaults=qemu.cmdline_defaults(accel), nonce="0" * 16,
-                             verbose=False, action=Action("exec", argv=(program,)))
-    argv = qemu.argv(BootConfig(kernel=vmlinux, initrd=initrd, cmdline=cmdline,
-                                fs_socket=path, accel=accel))
+    daemon, argv = start_floor(vmlinux, initrd, store, program, accel, path)
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     daemon.wait()
     path.unlink()
@@ -130,6 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     if not os.access(HOSTRUN, os.X_OK):
         raise SystemExit(f"{HOSTRUN} is missing: pip install -e .")
+    ensure_bytecode()
     kernel = fetch_debian_kernel()
     vmlinux = extract_vmlinux(kernel.bzimage)
     minimal = args.minimal

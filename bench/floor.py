@@ -11,8 +11,14 @@ modules are exactly the ones hostrun's own initrd carries.
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
 from pathlib import Path
 
+from hostrun import hostcpu
+from hostrun.action import Action, kernel_cmdline
+from hostrun.virtiofs import choose_daemon
+from hostrun.vmm import BootConfig, Qemu
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image
 from initbuilder.kernels.modules import add_modules
@@ -54,8 +60,9 @@ busybox poweroff -f
 
 
 def build_floor_initrd(out: Path, *, kernel: Path | None = None,
-                       modules_dir: Path | None = None) -> Path:
-    """Write the floor initrd (uncompressed newc) to ``out`` and return it."""
+                       modules_dir: Path | None = None, init_script: str = INIT_SCRIPT) -> Path:
+    """Write the floor initrd (uncompressed newc) to ``out`` and return it; a bench
+    that needs to see inside the floor's boot passes its own variant of INIT_SCRIPT."""
     busybox = shutil.which("busybox")
     if busybox is None:
         raise FileNotFoundError("busybox is needed for the floor initrd (apt-get install "
@@ -64,7 +71,26 @@ def build_floor_initrd(out: Path, *, kernel: Path | None = None,
     add_skeleton(image)
     image.add_file("bin/busybox", host=busybox, mode=0o755)
     image.add_symlink("bin/sh", "busybox")
-    image.add_file("init", data=INIT_SCRIPT.encode(), mode=0o755)
+    image.add_file("init", data=init_script.encode(), mode=0o755)
     add_modules(image, kernel=kernel, modules_dir=modules_dir)
     write_initrd(image, out, compression="none")
     return out
+
+
+def start_floor(vmlinux: Path, initrd: Path, store: Path, program: str, accel: str,
+                sock: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """The floor's daemon, started on ``sock`` (the one hostrun would pick, given its
+    listening socket as hostrun does), and the QEMU argv that boots ``program`` on it."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock))
+    listener.listen(1)
+    fs = choose_daemon("auto", store)
+    daemon = subprocess.Popen(fs.argv(sock, listener.fileno()), pass_fds=(listener.fileno(),),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listener.close()
+    qemu = Qemu(tsc_khz=hostcpu.host_tsc_khz() if accel == "tcg" else None)
+    cmdline = kernel_cmdline(defaults=qemu.cmdline_defaults(accel), nonce="0" * 16,
+                             verbose=False, action=Action("exec", argv=(program,)))
+    argv = qemu.argv(BootConfig(kernel=vmlinux, initrd=initrd, cmdline=cmdline,
+                                fs_socket=sock, accel=accel))
+    return daemon, argv

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.boot import HOSTRUN, make_store
+from bench.boot import HOSTRUN, ensure_bytecode, make_store
 
 
 def parse_case(text: str) -> tuple[str, str, str]:
@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--timestamps", action="store_true")
     args = parser.parse_args()
     cases = [parse_case(c) for c in args.case]
+    ensure_bytecode()
     times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:
         store = Path(tmp) / "store"

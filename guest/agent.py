@@ -6,9 +6,10 @@ run at once and none waits for another. Flow control bounds every buffer: output
 read from a command's pipe only while the host has granted credit for it, so a slow
 consumer stalls its own command (the pipe fills, the command blocks) and nothing else.
 
-The init runs it in a forked child (docs/guest.md says why), which makes itself a
-child subreaper so that what commands leave behind is reparented to it. A bad request
-is answered with an error; only a broken channel or protocol ends ``serve()``.
+It is meant to run in a forked child of the init (docs/guest.md says why), which makes
+itself a child subreaper so that what commands leave behind is reparented to it
+(guest/port.py). A bad request is answered with an error, a bug met by one request
+fails that request; only a broken channel or protocol ends ``serve()``.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ import select
 import time
 
 from guest import wire
-from guest.spawn import (
-    SpawnError,
-    describe,
-    environment,
-    group_alive,
-    kill_all,
-    session_members,
-    spawn,
+from guest.requests import (
+    COLLECT,
+    ERROR_TEXT,
+    Refused,
+    Request,
+    error_frame,
+    last_frame,
+    show,
+    start_exec,
+    start_get,
+    start_put,
 )
-from guest.transfer import make_dirs, receive_tree, send_tree, start_worker
+from guest.spawn import SpawnError, describe, group_alive, kill_all, session_members
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,50 +47,10 @@ READ_SIZE = 1 << 18
 # (at most a pipe's capacity) and whatever background processes add meanwhile.
 DRAIN_LIMIT = 1 << 20
 MAX_REQUESTS = 256
-ERROR_TEXT = 1 << 12  # bytes of a worker's stderr kept for the error message
 FLUSH_SECONDS = 2.0  # how long the last frames may take to leave at the end
-TEMP_SUFFIX = b".initkit-part"
 
 _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 _POLLHUP, _POLLERR, _POLLNVAL = select.POLLHUP, select.POLLERR, select.POLLNVAL
-_COLLECT = 0  # a source whose bytes become the error message, not frames
-_MODE_BITS = 0o7777
-
-
-class Request:
-    """One stream: a command, or a file or directory going in or out."""
-
-    __slots__ = ("allowance", "background", "background_killed", "credit", "deadline",
-                 "drained", "draining", "errors", "keep_background", "mode", "path",
-                 "pid", "received", "sent", "sink", "sink_buffer", "sink_eof", "sources",
-                 "started", "status", "stream", "temp", "timed_out", "ungranted", "what")
-
-    def __init__(self, stream: int, what: str, credit: int) -> None:
-        self.stream = stream
-        self.what = what  # exec, put-file, put-tree, get-file, get-tree
-        self.pid = 0
-        self.status: int | None = None  # the wait status of its process, once it ended
-        self.sources: dict[int, int] = {}  # fd -> frame kind to send its bytes as
-        self.sink = -1  # where the host's data goes (a pipe or a file), -1 when closed
-        self.sink_buffer = bytearray()
-        self.sink_eof = False  # the host has sent all its data
-        self.allowance = 0  # data bytes the host may still send
-        self.ungranted = 0  # data bytes consumed and not yet granted back
-        self.credit = credit  # data bytes this side may still send
-        self.started = time.monotonic()
-        self.deadline: float | None = None
-        self.timed_out = False
-        self.keep_background = False
-        self.background: list[int] = []
-        self.background_killed = False
-        self.draining = False
-        self.drained = 0
-        self.errors = bytearray()
-        self.sent = 0
-        self.received = 0
-        self.path = b""
-        self.temp = b""
-        self.mode = 0
 
 
 class Agent:
@@ -113,6 +77,9 @@ class Agent:
         """Serve until the host asks to shut down (SHUTDOWN), goes away (DISCONNECTED)
         or breaks the protocol ("protocol error: ..."); every request is ended then."""
         posix.chdir("/")  # relative paths in requests are from the root; see spawn()
+        # A command that inherited the channel would keep it open after the agent died,
+        # and the host would never see it go.
+        posix.set_inheritable(self.fd, False)
         posix.set_blocking(self.fd, False)
         wake_read, wake_write = posix.pipe()
         posix.set_blocking(wake_read, False)
@@ -137,7 +104,7 @@ class Agent:
         for request in self.requests.values():
             for fd in request.sources:
                 if not request.draining and (request.credit > 0
-                                             or request.sources[fd] == _COLLECT):
+                                             or request.sources[fd] == COLLECT):
                     wanted[fd] = _POLLIN
             if request.sink >= 0 and request.sink_buffer:
                 wanted[request.sink] = _POLLOUT
@@ -269,16 +236,9 @@ class Agent:
                 raise wire.ProtocolError(f"{wire.NAMES[kind]} on stream {stream}, "
                                          "which is the session's or already in use")
             if len(self.requests) >= MAX_REQUESTS:
-                self._fail(Request(stream, "refused", 0),
-                           f"more than {MAX_REQUESTS} requests at once")
+                self._send(error_frame(stream, f"more than {MAX_REQUESTS} requests at once"))
                 return
-            fields = wire.decode(kind, payload)
-            if kind == wire.EXEC:
-                self._exec(stream, fields)
-            elif kind == wire.PUT:
-                self._put(stream, fields)
-            else:
-                self._get(stream, fields)
+            self._start(kind, stream, wire.decode(kind, payload))
         elif kind == wire.SHUTDOWN:
             self._send(wire.message(wire.SHUTDOWN, stream))
             self.ending = SHUTDOWN
@@ -334,69 +294,29 @@ class Agent:
         else:  # the host gave up on a transfer
             self._cancel(request, f"cancelled by the host: {fields['message']}")
 
-    # -- exec -------------------------------------------------------------------------
-    def _exec(self, stream: int, fields: dict[str, Any]) -> None:
+    # -- starting requests --------------------------------------------------------
+    def _start(self, kind: int, stream: int, fields: dict[str, Any]) -> None:
         assert self.peer is not None
-        request = Request(stream, "exec", self.peer.window)
-        argv = fields["argv"]
-        if not argv or any(b"\0" in arg for arg in argv):
-            self._fail(request, "argv must be non-empty, without NUL bytes in arguments")
-            return
         try:
-            env = environment(fields["env"], fields["replace_env"])
-        except ValueError as exc:
-            self._fail(request, str(exc))
-            return
-        if b"\0" in fields["cwd"]:
-            self._fail(request, "cwd has a NUL byte")
-            return
-        mode = fields["stdin"]
-        if mode not in (wire.STDIN_NONE, wire.STDIN_BYTES, wire.STDIN_STREAM):
-            self._fail(request, f"stdin mode {mode} is not none (0), bytes (1) or "
-                                "stream (2)")
-            return
-        opened: list[int] = []
-        try:
-            if mode == wire.STDIN_NONE:
-                stdin = posix.open(b"/dev/null", posix.O_RDONLY | posix.O_CLOEXEC)
-                opened.append(stdin)
+            if kind == wire.EXEC:
+                request = start_exec(stream, fields, self.window, self.peer.window)
+            elif kind == wire.PUT:
+                request = start_put(stream, fields, self.window)
             else:
-                stdin, request.sink = posix.pipe()
-                opened += [stdin, request.sink]
-            out_read, out_write = posix.pipe()
-            opened += [out_read, out_write]
-            err_read, err_write = posix.pipe()
-            opened += [err_read, err_write]
-        except OSError as exc:
-            _close_all(opened)
-            self._fail(request, f"cannot make the command's pipes: {describe(exc)}")
+                request = start_get(stream, fields, self.peer.window)
+        except Refused as exc:
+            self._send(error_frame(stream, str(exc)))
             return
-        try:
-            request.pid = spawn(argv, env, fields["cwd"], (stdin, out_write, err_write))
         except SpawnError as exc:
-            _close_all(opened)
             self._send(wire.message(wire.EXIT, stream, code=exc.code, error=str(exc)))
             return
-        except ValueError as exc:  # posix_spawn's own checks
-            _close_all(opened)
-            self._fail(request, str(exc))
-            return
-        _close_all([stdin, out_write, err_write])
-        for fd in (out_read, err_read, request.sink):
-            if fd >= 0:
-                posix.set_blocking(fd, False)
-        request.sources = {out_read: wire.STDOUT, err_read: wire.STDERR}
-        if mode == wire.STDIN_BYTES:
-            request.sink_buffer += fields["input"]
-            request.sink_eof = True
-        elif mode == wire.STDIN_STREAM:
-            request.allowance = self.window
-        if fields["timeout_ms"]:
-            request.deadline = request.started + fields["timeout_ms"] / 1000
-        request.keep_background = fields["keep_background"]
         self.requests[stream] = request
-        self.children[request.pid] = request
-        self._write_sink(request)
+        if request.pid:
+            self.children[request.pid] = request
+        if request.what == "get-file":
+            self._pump_file(request)
+        else:
+            self._write_sink(request)
 
     def _kill(self, request: Request, signum: int) -> None:
         if not 0 < signum < 65:
@@ -423,105 +343,12 @@ class Agent:
         background processes may keep them open for ever."""
         for fd in list(request.sources):
             while fd in request.sources and (request.credit > 0
-                                             or request.sources[fd] == _COLLECT):
+                                             or request.sources[fd] == COLLECT):
                 if request.drained >= DRAIN_LIMIT or not self._read_source(request, fd):
                     self._close_source(request, fd)
         self._finish(request)
 
-    # -- files and directories --------------------------------------------------------
-    def _put(self, stream: int, fields: dict[str, Any]) -> None:
-        request = Request(stream, "put-file" if fields["what"] == wire.FILE else "put-tree",
-                          0)
-        request.path = fields["path"]
-        request.mode = fields["mode"] & _MODE_BITS
-        request.allowance = self.window
-        if not _valid_path(request.path):
-            self._fail(request, "the path must be non-empty, without NUL bytes")
-            return
-        try:
-            if fields["what"] == wire.FILE:
-                parent = request.path.rpartition(b"/")[0]
-                if parent:
-                    make_dirs(parent)
-                request.temp = request.path + TEMP_SUFFIX + str(stream).encode()
-                request.sink = posix.open(request.temp, posix.O_WRONLY | posix.O_CREAT
-                                          | posix.O_TRUNC | posix.O_CLOEXEC, 0o600)
-            elif fields["what"] == wire.TREE:
-                self._start_worker(request, receive_tree, inbound=True)
-            else:
-                self._fail(request, f"put of kind {fields['what']}: not file (0) or "
-                                    "directory (1)")
-                return
-        except OSError as exc:
-            self._fail(request, f"cannot write {_show(request.path)}: {describe(exc)}")
-            return
-        self.requests[stream] = request
-
-    def _get(self, stream: int, fields: dict[str, Any]) -> None:
-        assert self.peer is not None
-        request = Request(stream, "get-file" if fields["what"] == wire.FILE else "get-tree",
-                          self.peer.window)
-        request.path = fields["path"]
-        if not _valid_path(request.path):
-            self._fail(request, "the path must be non-empty, without NUL bytes")
-            return
-        try:
-            if fields["what"] == wire.FILE:
-                fd = posix.open(request.path, posix.O_RDONLY | posix.O_CLOEXEC
-                                | posix.O_NONBLOCK)
-                st = posix.fstat(fd)
-                if st.st_mode & 0o170000 != 0o100000:
-                    posix.close(fd)
-                    kind = "a directory" if st.st_mode & 0o170000 == 0o040000 else \
-                        "not a regular file"
-                    self._fail(request, f"{_show(request.path)} is {kind}")
-                    return
-                request.mode = st.st_mode & _MODE_BITS
-                request.sources = {fd: wire.DATA}
-            elif fields["what"] == wire.TREE:
-                self._start_worker(request, send_tree, inbound=False)
-            else:
-                self._fail(request, f"get of kind {fields['what']}: not file (0) or "
-                                    "directory (1)")
-                return
-        except OSError as exc:
-            self._fail(request, f"cannot read {_show(request.path)}: {describe(exc)}")
-            return
-        self.requests[stream] = request
-        if request.what == "get-file":
-            self._pump_file(request)
-
-    def _start_worker(self, request: Request, work: Any, *, inbound: bool) -> None:
-        opened: list[int] = []
-        try:
-            if inbound:
-                stdin, request.sink = posix.pipe()
-                opened += [stdin, request.sink]
-                stdout = posix.open(b"/dev/null", posix.O_WRONLY | posix.O_CLOEXEC)
-                opened.append(stdout)
-                keep = request.sink
-            else:
-                stdin = posix.open(b"/dev/null", posix.O_RDONLY | posix.O_CLOEXEC)
-                opened.append(stdin)
-                data, stdout = posix.pipe()
-                opened += [data, stdout]
-                keep = data
-            errors, error_write = posix.pipe()
-            opened += [errors, error_write]
-            request.pid = start_worker(work, request.path, (stdin, stdout, error_write),
-                                       (_signal.SIGCHLD, _signal.SIGPIPE, _signal.SIGXFSZ))
-        except OSError:
-            _close_all(opened)
-            request.sink = -1
-            raise
-        _close_all([fd for fd in opened if fd not in (keep, errors)])
-        posix.set_blocking(keep, False)
-        posix.set_blocking(errors, False)
-        request.sources = {errors: _COLLECT}
-        if not inbound:
-            request.sources[keep] = wire.DATA
-        self.children[request.pid] = request
-
+    # -- files ----------------------------------------------------------------------
     def _pump_file(self, request: Request) -> None:
         """Send a regular file as far as the credit goes (its reads never block)."""
         for fd in list(request.sources):
@@ -550,7 +377,7 @@ class Agent:
     def _read_source(self, request: Request, fd: int) -> bool:
         """Read once from a source; False at its end (or when a drain finds it empty)."""
         kind = request.sources[fd]
-        size = ERROR_TEXT if kind == _COLLECT else min(request.credit, self._limit)
+        size = ERROR_TEXT if kind == COLLECT else min(request.credit, self._limit)
         if size <= 0:
             return True  # its sibling took the credit: read it once the host grants more
         try:
@@ -558,12 +385,12 @@ class Agent:
         except BlockingIOError:
             return not request.draining
         except OSError as exc:
-            if kind != _COLLECT:
+            if kind != COLLECT:
                 request.errors += f"reading failed: {describe(exc)}".encode()
             return False
         if not data:
             return False
-        if kind == _COLLECT:
+        if kind == COLLECT:
             request.errors += data[:ERROR_TEXT - len(request.errors)]
         else:
             self._send(wire.frame(kind, request.stream, data))
@@ -587,7 +414,7 @@ class Agent:
                 self._close_sink(request)
                 break
             except OSError as exc:
-                self._cancel(request, f"cannot write {_show(request.path)}: "
+                self._cancel(request, f"cannot write {show(request.path)}: "
                                       f"{describe(exc)}")
                 return
             del request.sink_buffer[:written]
@@ -627,7 +454,7 @@ class Agent:
                 posix.close(fd)
             posix.rename(request.temp, request.path)
         except OSError as exc:
-            self._fail(request, f"cannot write {_show(request.path)}: {describe(exc)}")
+            self._fail(request, f"cannot write {show(request.path)}: {describe(exc)}")
             return
         request.temp = b""
         self._send(wire.message(wire.END, request.stream, size=request.received,
@@ -668,56 +495,22 @@ class Agent:
     # -- ending requests --------------------------------------------------------------
     def _finish(self, request: Request) -> None:
         """Send the last frame of a request whose work is over."""
-        if self.requests.get(request.stream) is not request or request.sources:
+        if self.requests.get(request.stream) is not request:
             return
-        if request.what == "exec":
-            if request.status is None:
-                return
-            status = request.status
-            signum = posix.WTERMSIG(status) if posix.WIFSIGNALED(status) else 0
-            code = 128 + signum if signum else posix.WEXITSTATUS(status)
-            elapsed = int((time.monotonic() - request.started) * 1e6)
-            self._send(wire.message(
-                wire.EXIT, request.stream, code=code, signal=signum,
-                timed_out=request.timed_out, background=request.background,
-                background_killed=request.background_killed, elapsed_us=elapsed))
+        frame = last_frame(request)
+        if frame is not None:
+            self._send(frame)
             self._forget(request)
-        elif request.what == "get-file":
-            self._send(wire.message(wire.END, request.stream, size=request.sent,
-                                    mode=request.mode))
-            self._forget(request)
-        elif request.what in ("get-tree", "put-tree"):
-            if request.status is None or (request.what == "put-tree" and request.sink >= 0):
-                return
-            if request.status == 0:
-                size = request.sent if request.what == "get-tree" else request.received
-                self._send(wire.message(wire.END, request.stream, size=size))
-                self._forget(request)
-            else:
-                text = request.errors.decode("utf-8", "replace").strip() or \
-                    f"the worker ended with status {request.status}"
-                verb = "read" if request.what == "get-tree" else "write"
-                self._fail(request, f"cannot {verb} {_show(request.path)}: {text}")
 
     def _fail(self, request: Request, why: str) -> None:
-        self._send(wire.message(wire.ERROR, request.stream, message=why[:4000]))
+        self._send(error_frame(request.stream, why))
         self._forget(request)
 
     def _forget(self, request: Request) -> None:
         """Release what a request holds; its process, if any, is reaped by _reap."""
         if self.requests.get(request.stream) is request:
             del self.requests[request.stream]
-        for fd in list(request.sources):
-            self._close_source(request, fd)
-        if request.sink >= 0:
-            posix.close(request.sink)
-            request.sink = -1
-        if request.temp:
-            try:  # noqa: SIM105 - contextlib costs an import
-                posix.unlink(request.temp)
-            except OSError:
-                pass
-            request.temp = b""
+        request.close()
 
     def _end_all(self) -> None:
         """Kill every command and worker, reap them, release everything."""
@@ -749,40 +542,3 @@ def _software() -> str:
     import sys
 
     return f"initkit guest agent, Python {sys.version.split()[0]}"
-
-
-def _valid_path(path: bytes) -> bool:
-    return bool(path) and b"\0" not in path
-
-
-def _show(name: bytes) -> str:
-    return repr(name.decode("utf-8", "backslashreplace"))
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        if fd >= 0:
-            try:  # noqa: SIM105
-                posix.close(fd)
-            except OSError:
-                pass
-
-
-def main(fd: int) -> int:
-    """Serve the channel on ``fd`` as a process of its own: 0 after a shutdown."""
-    try:
-        from guest.system import System
-
-        System().become_subreaper()
-    except OSError as exc:
-        import sys
-
-        sys.stderr.write(f"initkit agent: not a child subreaper ({exc}); what commands "
-                         "leave behind goes to PID 1\n")
-    return 0 if Agent(fd).serve() == SHUTDOWN else 1
-
-
-if __name__ == "__main__":
-    import sys
-
-    raise SystemExit(main(int(sys.argv[1])))

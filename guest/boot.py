@@ -45,21 +45,25 @@ class Timeline:
     def mark(self, label: str) -> None:
         self.marks.append((label, self._now()))
 
-    def report(self, exec_time: float | None) -> list[str]:
-        """Lines describing where the init's time went, up to now."""
+    def report(self, exec_time: tuple[float, float] | None) -> list[str]:
+        """Lines describing where the init's time went, up to now. ``exec_time``: when
+        the kernel ran /init and how far the kernel log's clock is ahead of ours."""
         end = self._now()
         lines = []
         if exec_time is not None:
-            lines.append(f"timing: kernel ran /init at {exec_time:.3f} s since boot; its "
-                         f"code began {(self.started - exec_time) * 1000:.1f} ms later "
+            lines.append(f"timing: kernel ran /init at {exec_time[0]:.3f} s since boot; its "
+                         f"code began {(self.started - exec_time[0]) * 1000:.1f} ms later "
                          "(the interpreter's start)")
+            lines.append(f"timing: the kernel log's clock is {exec_time[1] * 1000:.1f} ms "
+                         "ahead of this one")
         else:
             lines.append(f"timing: /init's code began at {self.started:.3f} s since boot")
         last = self.started
         for label, when in self.marks:
             lines.append(f"timing: {(when - last) * 1000:7.1f} ms  {label}")
             last = when
-        since_exec = f", {(end - exec_time) * 1000:.1f} ms since exec" if exec_time else ""
+        since_exec = (f", {(end - exec_time[0]) * 1000:.1f} ms since exec"
+                      if exec_time else "")
         lines.append(f"timing: action starts at {end:.3f} s since boot "
                      f"({(end - self.started) * 1000:.1f} ms since /init's code began"
                      f"{since_exec})")
@@ -97,11 +101,16 @@ def boot(system: SystemInterface, outcome: Outcome, started: float,
         except OSError as exc:
             system.say(f"cannot turn off the console's echo: {describe(exc)}")
     system.write_out(ready_record(plan.nonce))
+    began = system.now()
     try:
         outcome.status = run_action(plan.action, system, debug=plan.debug)
     except ShutdownRequested as request:
         system.say(f"{request}; ending every process")
         outcome.status = ExitStatus.exited(0)
+    if plan.debug:  # what is left after this is the power-off
+        ended = system.now()
+        system.say(f"timing: action ended at {ended:.3f} s since boot "
+                   f"({(ended - began) * 1000:.1f} ms)")
 
 
 def describe(exc: OSError) -> str:

@@ -24,8 +24,9 @@ class SystemInterface(Protocol):
     def now(self) -> float:
         """Seconds since boot (CLOCK_BOOTTIME), the timeline the kernel log uses."""
 
-    def init_exec_time(self) -> float | None:
-        """When the kernel exec'd init, in seconds since boot, if the kernel log says."""
+    def init_exec_time(self) -> tuple[float, float] | None:
+        """When the kernel exec'd init on now()'s timeline, and how far the kernel log's
+        clock is ahead of now()'s (seconds), if the kernel log says."""
 
     def say(self, message: str) -> None:
         """One line for the user on the console, prefixed with who speaks."""

@@ -55,6 +55,7 @@ _FORMAT = "initkit-runtime-1"  # bump when the cached layout or its inputs chang
 _GUEST_PACKAGE = Path(__file__).resolve().parent.parent / "guest"
 _FOLLOWER = Path(__file__).resolve().parent / "pyimports.py"
 _SOURCE = "guest runtime"
+ENTRY = "guest/entry.pyc"  # under the runtime's libdir: what /init runs
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,39 @@ class Runtime:
         return f"{PREFIX}/{self.platlibdir}/python{self.version}"
 
 
-def init_script(interpreter: str) -> bytes:
-    """``/init``: the kernel runs it through the #! line (one argument: ``-IS``)."""
-    return (f"#!{interpreter} -IS\n"
+def init_script(runtime: Runtime) -> bytes:
+    """``/init``. The kernel runs it through its ``#!`` line, which passes one argument:
+    the bytecode of guest/entry.py, run as the script, because compiling even a line of
+    source costs the boot ~40 ms under TCG (the parser and compiler run cold). The
+    ``._pth`` file by the interpreter (pth_file) stands in for ``-IS``, which that one
+    argument leaves no room for. A Python before 3.11 reads no ``._pth`` here: it gets
+    ``-IS`` and the same lines as source."""
+    if _version(runtime.version) >= (3, 11):
+        return (f"#!{runtime.interpreter} {runtime.libdir}/{ENTRY}\n"
+                "# initkit's guest init (docs/guest.md): the interpreter runs guest/entry.py's\n"
+                "# bytecode named above, isolated and without site by its ._pth file.\n").encode()
+    return (f"#!{runtime.interpreter} -IS\n"
             "# initkit's guest init (docs/guest.md); the code is the guest package.\n"
             "import time\n"
             "started = time.clock_gettime(time.CLOCK_BOOTTIME)  # before the guest's imports\n"
             "from guest.__main__ import main\n"
             "main(started)\n").encode()
+
+
+def pth_file(runtime: Runtime) -> bytes:
+    """``python3.X._pth`` by the interpreter: sys.path is exactly the runtime's library
+    (relative to bin/), and, as getpath reads it since 3.11, the interpreter is isolated
+    (no PYTHON* environment, no user site, no script directory on sys.path) and imports
+    no site, as ``-IS`` would. Environment variables of the pre-configuration
+    (PYTHONMALLOC, PYTHONUTF8...) are read before the file, so a PYTHON... word on the
+    kernel command line still reaches the init."""
+    lib = f"../{runtime.platlibdir}/python{runtime.version}"
+    return (f"# initkit's guest runtime (initbuilder/runtime.py): its sys.path, and -I -S\n"
+            f"{lib}\n{lib}/lib-dynload\n").encode()
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
 
 
 def add_runtime(image: Image, *, python: Path | None = None) -> None:
@@ -121,7 +147,10 @@ def add_runtime(image: Image, *, python: Path | None = None) -> None:
             image.add_file(module.guest, data=module.host.read_bytes(), mode=0o644, source=src)
     for elf in elf_files:
         _add_libraries(files, resolver, elf)
-    image.add_file("init", data=init_script(runtime.interpreter), mode=0o755, source=_SOURCE)
+    image.add_file("init", data=init_script(runtime), mode=0o755, source=_SOURCE)
+    if _version(runtime.version) >= (3, 11):
+        image.add_file(f"{runtime.interpreter}._pth", data=pth_file(runtime), mode=0o644,
+                       source=_SOURCE)
     # The kernel opens /dev/console for init only if the node is in the initrd; and
     # before devtmpfs is mounted CPython seeds its hash from /dev/urandom when the
     # kernel's RNG is not ready yet (it dies without it). Same weak nodes as the skeleton.

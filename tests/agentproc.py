@@ -18,9 +18,9 @@ from hostrun.channel import Channel
 def served(argv: Sequence[str] | None = None, **options: object) -> Iterator[
         tuple[Channel, subprocess.Popen[bytes]]]:
     """A Channel to an agent started with ``argv`` + the fd it serves (default: this
-    Python running ``guest.agent``). Shut down and reaped on the way out."""
+    Python running ``guest.port``). Shut down and reaped on the way out."""
     ours, theirs = socket.socketpair()
-    command = [*(argv or [sys.executable, "-m", "guest.agent"]), str(theirs.fileno())]
+    command = [*(argv or [sys.executable, "-m", "guest.port"]), str(theirs.fileno())]
     proc = subprocess.Popen(command, pass_fds=[theirs.fileno()], stderr=subprocess.PIPE)
     theirs.close()
     channel = None

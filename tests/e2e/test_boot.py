@@ -4,6 +4,7 @@ fixture runs each test on both) under QEMU TCG with a real virtiofsd."""
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -112,3 +113,18 @@ def test_guest_cpu_model_and_applets_linked_at_boot(vm: VmRunner, store: Store) 
     if os.environ.get("HOSTRUN_E2E_INITRD", "") == "":  # hostrun's default initrd
         assert lines.count("/bin/busybox") == 3, result.describe()
     assert store.docs.rsplit("/", 1)[1] in lines
+
+
+def test_debug_timing_lines_are_on_one_clock(vm: VmRunner, store: Store) -> None:
+    """initkit.debug's phases: /init's exec time is on the init's clock (CLOCK_BOOTTIME),
+    which the kernel log's runs ahead of by what the kernel did before timekeeping."""
+    if os.environ.get("HOSTRUN_E2E_INITRD", "") != "":
+        pytest.skip("the timing lines are the guest init's")
+    result = vm.exec(store.hello, store=store.root, cmdline="initkit.debug")
+    assert result.exit_code == 0, result.describe()
+    found = re.search(r"kernel ran /init at ([\d.]+) s since boot; its code began "
+                      r"(-?[\d.]+) ms later", result.output)
+    ahead = re.search(r"the kernel log's clock is (-?[\d.]+) ms ahead", result.output)
+    assert found is not None and ahead is not None, result.describe()
+    assert 0.0 < float(found[1]) < 60.0 and float(found[2]) > 0.0, result.describe()
+    assert 0.0 <= float(ahead[1]) < 1000.0, result.describe()

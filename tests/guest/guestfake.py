@@ -58,8 +58,8 @@ class FakeSystem:
         self.clock += 0.001
         return self.clock
 
-    def init_exec_time(self) -> float | None:
-        return 9.5
+    def init_exec_time(self) -> tuple[float, float] | None:
+        return 9.5, 0.013
 
     def say(self, message: str) -> None:
         self.said.append(message)

@@ -22,7 +22,7 @@ from initbuilder.runtime import PREFIX, add_runtime
 from initbuilder.sources import add_busybox, add_skeleton
 
 AGENT_SCRIPT = b"""import sys
-from guest.agent import main
+from guest.port import main
 raise SystemExit(main(int(sys.argv[1])))
 """
 VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"

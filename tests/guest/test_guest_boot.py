@@ -175,7 +175,11 @@ def test_debug_prints_phase_timings(fake: FakeSystem) -> None:
     booted(fake, "tvix.find initkit.debug")
     timings = [s for s in fake.said if s.startswith("timing:")]
     assert any("mount devtmpfs" in s for s in timings)
-    assert "action starts" in timings[-1]
+    assert "action starts" in timings[-2]
+    assert "action ended at" in timings[-1]
+    # The fake's exec at 9.5 s and a kernel log clock 13 ms ahead of the init's.
+    assert "kernel ran /init at 9.500 s" in timings[0]
+    assert "the kernel log's clock is 13.0 ms ahead" in timings[1]
     quiet = FakeSystem()
     booted(quiet, "tvix.find")
     assert not [s for s in quiet.said if s.startswith("timing:")]

@@ -19,6 +19,7 @@ from realparts import need
 
 from guest import wire
 from hostrun.channel import Channel, ChannelError, GuestError
+from hostrun.streams import ExecStream
 from initkit.errors import InitkitError
 
 
@@ -275,8 +276,7 @@ def test_the_agent_refuses_bad_requests_and_keeps_serving(channel: Channel) -> N
         {"argv": [b"true"], "stdin": 7},
     ]
     for fields in bad:
-        request = channel._open(type(channel.exec(["true"])._request), "raw", wire.EXEC,
-                                fields)
+        request = channel._open(ExecStream, "raw", wire.EXEC, fields)
         kind, answer = request.wait_final(30)
         assert kind == wire.ERROR and answer["message"]
     assert channel.run(["echo", "ok"], wait_timeout=30).stdout == b"ok\n"
@@ -357,15 +357,22 @@ def test_transfer_errors_leave_the_channel_usable(channel: Channel, tmp_path: Pa
 # -- the channel's own failures -----------------------------------------------------------
 def test_an_agent_that_dies_fails_every_pending_call_with_the_detail() -> None:
     with served(describe_failure=lambda: "console: the last lines") as (chan, proc):
-        running = [chan.exec(["sleep", "1000"]) for _ in range(3)]
-        proc.kill()
-        for execution in running:
-            with pytest.raises(ChannelError, match="closed the control channel") as info:
-                execution.wait(30)
-            assert "console: the last lines" in str(info.value)
-            assert info.value.detail == "console: the last lines"
-        with pytest.raises(ChannelError):
-            chan.exec(["true"])
+        running = [chan.exec(["sh", "-c", "echo $$; exec sleep 1000"]) for _ in range(3)]
+        # Started: each holds whatever it inherited. Nobody kills them once the agent
+        # is gone (in a VM, PID 1 ends everything before it powers off).
+        orphans = [int(next(iter(execution))[1]) for execution in running]
+        try:
+            proc.kill()
+            for execution in running:
+                with pytest.raises(ChannelError, match="closed the control channel") as info:
+                    execution.wait(30)
+                assert "console: the last lines" in str(info.value)
+                assert info.value.detail == "console: the last lines"
+            with pytest.raises(ChannelError):
+                chan.exec(["true"])
+        finally:
+            for pid in orphans:
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_shutdown_ends_the_agent_and_its_commands(tmp_path: Path) -> None:
@@ -381,3 +388,9 @@ def test_shutdown_ends_the_agent_and_its_commands(tmp_path: Path) -> None:
 
 def test_ping_round_trips(channel: Channel) -> None:
     assert channel.ping(b"payload \xff") > 0
+
+
+def test_commands_do_not_inherit_the_channel(channel: Channel) -> None:
+    """Else a command outliving the agent would hold the channel open."""
+    result = channel.run(["sh", "-c", "ls -l /proc/$$/fd"], wait_timeout=30)
+    assert b"socket:" not in result.stdout, result.stdout
