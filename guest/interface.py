@@ -85,6 +85,13 @@ class SystemInterface(Protocol):
     def spawn(self, argv: tuple[str, ...], env: dict[str, str]) -> int:
         """Start ``argv`` in a new session on the console; its pid once exec succeeded."""
 
+    def find_port(self, name: str, wait: float) -> str | None:
+        """The device of the virtio-serial port called ``name`` (waiting up to ``wait``
+        s for it to appear), or None."""
+
+    def start_agent(self, device: str) -> int:
+        """Fork a child that serves the control channel on ``device``; its pid."""
+
     def wait_any(self) -> tuple[int, int]:
         """Block until some child ends: (pid, wait status). ChildProcessError if none."""
 

@@ -352,6 +352,60 @@ class System:
             _raise_errno(self._get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
     @staticmethod
+    def find_port(name: str, wait: float) -> str | None:
+        """The device of the virtio-serial port called ``name``: the kernel names its
+        ports after virtio_console has probed them, which may be after the module load
+        returned, so look again for ``wait`` seconds."""
+        from guest.contract import VIRTIO_PORTS
+
+        wanted = name.encode()
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                entries = posix.listdir(VIRTIO_PORTS)
+            except OSError:
+                entries = []
+            for entry in entries:
+                try:
+                    label = read_file(f"{VIRTIO_PORTS}/{entry}/name").strip()
+                except OSError:
+                    continue
+                device = f"/dev/{entry}"
+                if label == wanted and lexists(device):
+                    return device
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+
+    @staticmethod
+    def start_agent(device: str) -> int:
+        """Fork the agent (guest/agent.py) on ``device``, a child of PID 1 in a session
+        of its own: PID 1 stays free to reap and to power off, and the agent's own
+        failure is a status PID 1 reports instead of a dead init."""
+        fd = posix.open(device, posix.O_RDWR | posix.O_NOCTTY | posix.O_CLOEXEC)
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        pid = posix.fork()
+        if pid == 0:  # the child: nothing in here may return into the parent's code
+            code = 1
+            try:
+                posix.setsid()
+                from guest import agent  # only a session pays for its imports
+
+                code = agent.main(fd)
+            except BaseException as exc:  # reported, then the child ends
+                try:  # contextlib costs an import
+                    sys.stderr.write(f"initkit agent: {exc!r}\n")
+                    sys.stderr.flush()
+                except BaseException:
+                    pass
+            finally:
+                posix._exit(code)
+        posix.close(fd)
+        return pid
+
+    @staticmethod
     def wait_any() -> tuple[int, int]:
         """Block until some child ends: (pid, wait status). ChildProcessError if none."""
         return posix.waitpid(-1, 0)

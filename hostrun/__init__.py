@@ -10,9 +10,11 @@ from __future__ import annotations
 TYPE_CHECKING = False  # not typing's: this package's import stays free
 if TYPE_CHECKING:
     from guest.contract import ExitStatus
-    from hostrun.api import VmResult, VmRunner
+    from hostrun.api import CommandFailed, Machine, VmResult, VmRunner
+    from hostrun.channel import ChannelError, ExecResult
 
-__all__ = ["ExitStatus", "VmResult", "VmRunner"]
+__all__ = ["ChannelError", "CommandFailed", "ExecResult", "ExitStatus", "Machine", "VmResult",
+           "VmRunner"]
 
 
 def __getattr__(name: str) -> object:

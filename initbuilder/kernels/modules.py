@@ -35,7 +35,9 @@ from initkit.errors import InitkitError
 log = logging.getLogger("initkit.modules")
 
 # virtiofs itself, and both transports QEMU and cloud-hypervisor may offer it on.
-DEFAULT_MODULES: tuple[str, ...] = ("virtiofs", "virtio_mmio", "virtio_pci")
+# virtio_console carries the control channel (hostrun's sessions); loading it costs a
+# boot little next to virtiofs, and an initrd with it serves either kind of run.
+DEFAULT_MODULES: tuple[str, ...] = ("virtiofs", "virtio_mmio", "virtio_pci", "virtio_console")
 LOAD_LIST = contract.MODULE_LIST  # what the guest init loads, in order
 _ALIAS_CANDIDATE = re.compile(rb"alias=([^\0]*)\0")
 
