@@ -182,6 +182,7 @@ class Machine:
         self._closed = False
         self._stop_r, self._stop_w = os.pipe()
         self.channel: Channel | None = None
+        self.socket: Path | None = None  # the channel's, in hostrun's private dir
         self._thread = threading.Thread(target=self._session, daemon=True,
                                         name="initkit-machine")
         self._thread.start()
@@ -258,6 +259,7 @@ class Machine:
                     and time.monotonic() < deadline:
                 time.sleep(0.01)  # QEMU makes its socket a moment after it started
             left = max(1.0, deadline - time.monotonic())
+            self.socket = path
             try:
                 return Channel.connect(path, timeout=left,
                                        describe_failure=self._describe_failure,
