@@ -156,8 +156,8 @@ class Machine:
     ends. Safe to use from several threads: commands run at once, multiplexed.
     """
 
-    def __init__(self, *, store: str | Path | None = None, kernel: Path | None = None,
-                 cpus: int = 1, memory: str = "512M", initrd: Path | None = None,
+    def __init__(self, *, store: str | Path | None = None, kernel: str | Path | None = None,
+                 cpus: int = 1, memory: str = "512M", initrd: str | Path | None = None,
                  accel: str | None = None, vmm: str = "auto", daemon: str = "auto",
                  cmdline: str = "", timeout: float = BOOT_TIMEOUT, verbose: bool = False,
                  closure: list[str] | tuple[str, ...] = (),
@@ -166,7 +166,8 @@ class Machine:
         from hostrun.vmm import parse_memory
 
         request = Request(
-            kernel=kernel, initrd=initrd,
+            kernel=None if kernel is None else Path(kernel),
+            initrd=None if initrd is None else Path(initrd),
             store=Path(store) if store is not None else Path("/nix/store"),
             action=None, cpus=cpus, memory_mib=parse_memory(memory),
             extra_cmdline=without_actions(cmdline), timeout=None, vmm=vmm, accel=accel,
@@ -303,14 +304,14 @@ class Machine:
         """run(), raising CommandFailed (argv, status, stdout, stderr) unless it exits 0."""
         result = self.run(command, **options)
         if result.returncode != 0:
-            raise CommandFailed(describe_result("expected success", result), result)
+            raise CommandFailed(self._failed("expected success", result), result)
         return result
 
     def fail(self, command: Command, **options: Any) -> ExecResult:
         """run(), raising CommandFailed if it exits 0."""
         result = self.run(command, **options)
         if result.returncode == 0:
-            raise CommandFailed(describe_result("expected failure", result), result)
+            raise CommandFailed(self._failed("expected failure", result), result)
         return result
 
     def wait_until_succeeds(self, command: Command, *, timeout: float = 60.0,
@@ -322,9 +323,13 @@ class Machine:
             if result.returncode == 0:
                 return result
             if time.monotonic() + interval > deadline:
-                raise CommandFailed(describe_result(f"no success in {timeout:g} s", result),
+                raise CommandFailed(self._failed(f"no success in {timeout:g} s", result),
                                     result)
             time.sleep(interval)
+
+    def _failed(self, what: str, result: ExecResult) -> str:
+        tail = self.console_tail(10)
+        return describe_result(what, result) + (f"--- console ---\n{tail}\n" if tail else "")
 
     def stream(self, command: Command, **options: Any) -> Iterator[tuple[str, bytes]]:
         """("stdout" | "stderr", chunk) while ``command`` runs; its result is then

@@ -4,6 +4,9 @@ one more each for a guest that dies and for the teardown."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -197,3 +200,31 @@ def test_a_guest_that_dies_fails_pending_calls_with_the_console(e2e_kernel: Path
         with pytest.raises(ChannelError):
             machine.run("true")
     _assert_nothing_left(workdir)
+
+
+def test_pytest_fixture_boots_once_per_module(e2e_kernel: Path, e2e_initrd: Path,
+                                              store: Store, tmp_path: Path) -> None:
+    (tmp_path / "test_foreign.py").write_text(textwrap.dedent(f"""\
+        import pytest
+        from hostrun import CommandFailed
+
+        pytestmark = pytest.mark.initkit_machine(store={str(store.root)!r},
+                                                 initrd={str(e2e_initrd)!r})
+
+        def test_first(initkit_machine):
+            initkit_machine.succeed("echo left-by-first > /tmp/mark")
+
+        def test_second_sees_the_same_boot(initkit_machine):
+            assert initkit_machine.succeed("cat /tmp/mark").stdout == b"left-by-first\\n"
+
+        def test_failure_shows_the_command(initkit_machine):
+            with pytest.raises(CommandFailed, match="exit status 7"):
+                initkit_machine.succeed("echo shown; exit 7")
+    """))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "--initkit-accel", "tcg", "--initkit-vmm", "qemu", "--initkit-kernel",
+         str(e2e_kernel), "test_foreign.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=BOOT_TIMEOUT * 2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 passed" in proc.stdout
