@@ -31,7 +31,7 @@ from hostrun.channel import Channel, ChannelError, ExecResult, Execution, PathAr
 from initkit.errors import InitkitError
 
 if TYPE_CHECKING:
-    from hostrun.session import Outcome
+    from hostrun.session import Outcome, RunSpec
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -173,7 +173,19 @@ class Machine:
             extra_cmdline=without_actions(cmdline), timeout=None, vmm=vmm, accel=accel,
             daemon=daemon, verbose=verbose, closure=list(closure),
             substituters=list(substituters))
-        self._spec = plan(request)
+        self._start(plan(request), timeout)
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec, *, timeout: float = BOOT_TIMEOUT) -> Machine:
+        """A Machine on an already planned run (the CLI's: its flags and environment
+        resolved by hostrun.plan); the spec's action and timeout are not used."""
+        machine = cls.__new__(cls)
+        machine._start(spec, timeout)
+        return machine
+
+    def _start(self, spec: RunSpec, timeout: float) -> None:
+        spec.action, spec.timeout = None, None
+        self._spec = spec
         self._console = bytearray()
         self._console_lock = threading.Lock()
         self._booted = threading.Condition()
@@ -216,6 +228,11 @@ class Machine:
         with self._console_lock:
             self._console += data
             del self._console[:-CONSOLE_TAIL_BYTES]
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """How the boot ended, once it has (hostrun's exit code, the guest's status)."""
+        return self._outcome
 
     def console_tail(self, lines: int = 30) -> str:
         """The last lines the guest's console showed (kernel messages, the init's)."""
