@@ -148,6 +148,25 @@ def test_four_commands_at_once(vm: Machine) -> None:
     assert time.monotonic() - started < 2 * 4  # they overlapped
 
 
+def test_64_mib_of_stdout_streams_with_bounded_host_buffers(vm: Machine) -> None:
+    execution = vm.execute(["/bin/busybox", "head", "-c", str(64 << 20), "/dev/zero"])
+    total = 0
+    for stream, chunk in execution:
+        assert stream == "stdout"
+        total += len(chunk)
+    assert total == 64 << 20
+    assert execution.wait().returncode == 0
+    assert vm.channel is not None
+    assert execution.high_water <= vm.channel.window  # never more than one window held
+
+
+def test_minimal_kernel_serves_the_channel(minimal_kernel: Path, minimal_initrd: Path,
+                                           store: Store) -> None:
+    """virtio_console built in: no module to load, the same port."""
+    with boot(minimal_kernel, minimal_initrd, store) as machine:
+        assert machine.succeed([store.hello]).stdout == b"Hello, world!\n"
+
+
 def _processes_mentioning(text: str) -> list[str]:
     found = []
     for pid in os.listdir("/proc"):
