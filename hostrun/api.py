@@ -352,7 +352,11 @@ class Machine:
         """("stdout" | "stderr", chunk) while ``command`` runs; its result is then
         ``wait()`` on the Execution (use ``execute`` to keep it)."""
         execution = self.execute(command, **options)
-        yield from execution
+        try:
+            yield from execution
+        finally:  # the consumer stopped early: the command is not left running
+            with contextlib.suppress(InitkitError):
+                execution.kill()
         execution.wait()
 
     def copy_in(self, host: str | Path, guest: str) -> None:
@@ -419,5 +423,9 @@ def describe_result(what: str, result: ExecResult) -> str:
     argv = " ".join(repr(a.decode(errors="backslashreplace")) for a in result.argv)
     how = "timed out" if result.timed_out else f"exit status {result.returncode}"
     return (f"{what}: [{argv}] ended with {how}"
-            f"\n--- stdout ---\n{result.stdout.decode(errors='replace')}"
-            f"--- stderr ---\n{result.stderr.decode(errors='replace')}")
+            f"\n--- stdout ---\n{_lines(result.stdout)}--- stderr ---\n{_lines(result.stderr)}")
+
+
+def _lines(data: bytes) -> str:
+    text = data.decode(errors="replace")
+    return text if not text or text.endswith("\n") else text + "\n"
