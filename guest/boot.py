@@ -251,13 +251,20 @@ def _serve(action: steps.Serve, system: SystemInterface, debug: bool) -> ExitSta
                    "built in, and did the host attach the port?")
         return ExitStatus.exited(INIT_FAILED)
     try:
-        pid = system.start_agent(device)
+        pid = system.start_agent(device, _agent_main)
     except OSError as exc:
         system.say(f"cannot serve the control channel on {device}: {describe(exc)}")
         return ExitStatus.exited(INIT_FAILED)
     if debug:
         system.say(f"serving the control channel on {device} (agent pid {pid})")
     return _wait_for(pid, system, debug)
+
+
+def _agent_main(fd: int) -> int:
+    """The agent's entry, in the forked child: only a session pays for its imports."""
+    from guest import agent
+
+    return agent.main(fd)
 
 
 def _exec_failure(program: str, exc: OSError, system: SystemInterface) -> ExitStatus:

@@ -32,7 +32,7 @@ from guest.osfuncs import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which is slow at boot
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 # reboot(2) commands (linux/reboot.h).
 RB_POWER_OFF = 0x4321FEDC
@@ -378,10 +378,11 @@ class System:
             time.sleep(0.01)
 
     @staticmethod
-    def start_agent(device: str) -> int:
-        """Fork the agent (guest/agent.py) on ``device``, a child of PID 1 in a session
-        of its own: PID 1 stays free to reap and to power off, and the agent's own
-        failure is a status PID 1 reports instead of a dead init."""
+    def start_agent(device: str, serve: Callable[[int], int]) -> int:
+        """Fork a child that runs ``serve(fd)`` (the agent, guest/agent.py) on ``device``
+        in a session of its own and exits with its value: PID 1 stays free to reap and
+        to power off, and the agent's own failure is a status PID 1 reports instead of
+        a dead init."""
         fd = posix.open(device, posix.O_RDWR | posix.O_NOCTTY | posix.O_CLOEXEC)
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
@@ -391,9 +392,7 @@ class System:
             code = 1
             try:
                 posix.setsid()
-                from guest import agent  # only a session pays for its imports
-
-                code = agent.main(fd)
+                code = serve(fd)
             except BaseException as exc:  # reported, then the child ends
                 try:  # contextlib costs an import
                     sys.stderr.write(f"initkit agent: {exc!r}\n")

@@ -74,3 +74,15 @@ def test_seed_cmdline_keeps_the_console_path(hostrun_cli: StartCli, store: Store
     assert run.finish() == 0, run.stderr
     assert run.stdout == b"Hello, world!\n"
     run.assert_nothing_left()
+
+
+def test_a_guest_that_panics_mid_command_is_123_with_the_reason(hostrun_cli: StartCli,
+                                                                store: Store) -> None:
+    run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "120", "--run",
+                              "echo going; echo c > /proc/sysrq-trigger; sleep 100",
+                              initrd=False)
+    assert run.finish() == ExitCode.NO_STATUS, run.stderr
+    assert run.stdout == b"going\n"
+    assert b"closed the control channel" in run.stderr
+    assert b"panic" in run.stderr.lower(), run.stderr
+    run.assert_nothing_left()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class FakeSystem:
         self._record("find_port", name, wait)
         return self.ports.get(name)
 
-    def start_agent(self, device: str) -> int:
+    def start_agent(self, device: str, serve: Callable[[int], int]) -> int:
         self._record("start_agent", device)
         if self.agent_errno is not None:
             raise OSError(self.agent_errno, os.strerror(self.agent_errno), device)
