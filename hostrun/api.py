@@ -137,6 +137,15 @@ class CommandFailed(InitkitError):
         self.result = result
 
 
+class BootFailed(ChannelError):
+    """The VM ended before its control channel answered; ``outcome`` says how (its
+    ``code`` is what hostrun exits with for that end)."""
+
+    def __init__(self, reason: str, detail: str, outcome: Outcome | None) -> None:
+        super().__init__(reason, detail)
+        self.outcome = outcome
+
+
 # Lines of the console kept for the message of a guest that died.
 CONSOLE_TAIL_BYTES = 8192
 BOOT_TIMEOUT = 300.0  # seconds from the VMM's start to the agent's hello (TCG, busy host)
@@ -270,7 +279,7 @@ class Machine:
                                            self._describe_failure())
                     self._booted.wait(left)
                 if len(self._sockets) == tried:
-                    raise ChannelError(self._ended(), self._describe_failure())
+                    raise BootFailed(self._ended(), self._describe_failure(), self._outcome)
                 tried = len(self._sockets)
                 path = self._sockets[-1]
             while not path.exists() and self._thread.is_alive() \

@@ -47,7 +47,7 @@ def argv_of(action: Action) -> list[str]:
 def run_over_channel(spec: RunSpec, action: Action, timeout: float | None) -> int:
     """Boot ``spec``, run ``action`` in it over the channel, power off; the exit code.
     ``timeout`` bounds the whole run, the boot included (124 when it expires)."""
-    from hostrun.api import BOOT_TIMEOUT, Machine
+    from hostrun.api import BOOT_TIMEOUT, BootFailed, Machine
     from hostrun.channel import ChannelError
 
     def stop(signum: int, frame: object) -> None:
@@ -58,6 +58,9 @@ def run_over_channel(spec: RunSpec, action: Action, timeout: float | None) -> in
     try:
         try:
             machine = Machine.from_spec(spec, timeout=timeout or BOOT_TIMEOUT)
+        except BootFailed as exc:  # the daemon or the VMM failed, the guest died...
+            sys.stderr.write(f"hostrun: {exc}\n")
+            return exc.outcome.code if exc.outcome is not None else ExitCode.NO_STATUS
         except ChannelError as exc:
             sys.stderr.write(f"hostrun: {exc}\n")
             return ExitCode.TIMEOUT if timeout else ExitCode.NO_STATUS

@@ -86,3 +86,13 @@ def test_a_guest_that_panics_mid_command_is_123_with_the_reason(hostrun_cli: Sta
     assert b"closed the control channel" in run.stderr
     assert b"panic" in run.stderr.lower(), run.stderr
     run.assert_nothing_left()
+
+
+def test_a_daemon_that_dies_at_start_is_121_as_on_the_console_path(hostrun_cli: StartCli,
+                                                                    store: Store) -> None:
+    run: CliRun = hostrun_cli("--store", str(store.root), "--run", "true", "--daemon",
+                              "sh -c 'echo cannot serve {store} >&2; exit 1' {socket}",
+                              initrd=False)
+    assert run.finish() == ExitCode.DAEMON_FAILED, run.stderr
+    assert f"cannot serve {store.root}".encode() in run.stderr
+    run.assert_nothing_left()
