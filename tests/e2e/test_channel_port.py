@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from initbuilder.kernels.modules import add_modules
 from realparts import missing_part
 
 from guest.port import PORT_NAME
@@ -29,6 +28,7 @@ from hostrun.hostcpu import host_tsc_khz
 from hostrun.vmm import BootConfig, Qemu
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image
+from initbuilder.kernels.modules import add_modules
 from initbuilder.runtime import add_runtime
 from initbuilder.sources import add_busybox, add_skeleton
 
