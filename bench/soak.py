@@ -10,11 +10,15 @@ against the documented one (docs/hostrun.md) and counts what was left behind:
   procs      QEMU or daemon processes still alive 5 s after hostrun ended
   sockets    sockets left under the run's TMPDIR
   tmpdirs    hostrun temp dirs left under the run's TMPDIR (a SIGKILLed hostrun cannot
-             remove its own: the next hostrun must reap it, so such a dir counts as
-             leaked only if it survives the next boot)
-  cachetmp   writers' temp files left in the cache ($INITKIT_CACHE)
+             remove its own: a later hostrun must reap it once its VMM has started, so
+             such a dir counts as leaked only if it survives the next boot whose guest
+             came up)
+  cachetmp   writers' temp files left in the cache (initkit.files.is_temp_name)
 It prints one table by fault and the totals. Every hostrun here is a real one (the CLI
-in a subprocess, as a user runs it), booting a real kernel under QEMU.
+in a subprocess, as a user runs it), booting a real kernel under QEMU. The runs share a
+cache of their own (warmed by two clean boots first), so what other programs write into
+the user's cache is not counted; the kernel is hostrun's default, taken from the user's
+cache, unless --kernel names one.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import argparse
 import io
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -36,13 +39,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from initkit.files import is_temp_name
+
 HOSTRUN = [sys.executable, "-m", "hostrun"]
 READY = b"soak-ready"
 HANG_TIMEOUT = 20  # --timeout of the hanging guest: longer than any boot here
 RUN_LIMIT = 180.0  # a boot that takes longer than this is a hang of hostrun itself
 
-# Names writers give their temp files in the cache: ".NAME.<pid>..." or "NAME.tmp...".
-CACHE_TEMP = re.compile(r"^\..+\.\d+(\.\d+)?(\.tmp)?$|\.tmp[0-9A-Za-z._-]*$")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Run:
     tmpdir: Path
     output: bytearray = field(default_factory=bytearray)
     ready: threading.Event = field(default_factory=threading.Event)
+    ready_at: float = 0.0  # time.monotonic() when READY came
 
 
 def _descendants(pid: int) -> list[int]:
@@ -127,6 +133,7 @@ def _nothing(run: Run) -> None:
 
 
 SLEEPER = f"echo {READY.decode()}; sleep 3; echo done"
+LAST_MOMENT = 2.5  # s after READY: the latest "random moment", half a second before "done"
 FAULTS = [
     Fault("none", SLEEPER, 0, "ready", _nothing),
     Fault("daemon killed before boot", SLEEPER, 121, "start", _kill_daemon_early),
@@ -151,7 +158,8 @@ def _pump(run: Run) -> None:
     assert isinstance(stream, io.BufferedReader)  # a pipe, buffered (Popen's default)
     while chunk := stream.read1(65536):
         run.output += chunk
-        if READY in run.output:
+        if not run.ready.is_set() and READY in run.output:
+            run.ready_at = time.monotonic()
             run.ready.set()
 
 
@@ -183,14 +191,16 @@ def _sockets(root: Path, names: set[str]) -> int:
 def _cache_temps(cache: Path) -> set[Path]:
     if not cache.is_dir():
         return set()
-    return {path for path in cache.rglob("*") if CACHE_TEMP.search(path.name)}
+    return {path for path in cache.rglob("*") if is_temp_name(path.name)}
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("INITKIT_CACHE"):
-        return Path(os.environ["INITKIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "initkit"
+def _default_kernel() -> str:
+    """hostrun's default kernel, from the user's cache (fetched there if missing)."""
+    if os.environ.get("HOSTRUN_KERNEL"):
+        return os.environ["HOSTRUN_KERNEL"]
+    found = subprocess.run([sys.executable, "-m", "initbuilder", "kernel", "fetch", "--print",
+                            "bzimage"], capture_output=True, text=True, check=True)
+    return found.stdout.strip()
 
 
 def _exact(code: int, expected: int) -> bool:
@@ -200,17 +210,18 @@ def _exact(code: int, expected: int) -> bool:
     return code == expected or (code < 0 and expected == 128 - code)
 
 
-def one_boot(fault: Fault, root: Path, kernel: str | None, rng: random.Random,
-             boot_time: float) -> tuple[int, float]:
+def one_boot(fault: Fault, root: Path, kernel: str, rng: random.Random,
+             boot_time: float) -> tuple[int, float, bool]:
+    """Boot once with ``fault``; returns hostrun's exit code, the run's wall time and
+    whether the guest came up (its READY line: the VMM certainly started)."""
     store = root / "store"
     store.mkdir(exist_ok=True)
     (store / "soak-file").write_text("soak\n")
     tmpdir = root / "tmp"
     tmpdir.mkdir(exist_ok=True)
-    argv = [*HOSTRUN, "--store", str(store), *fault.extra, "--run", fault.command]
-    if kernel:
-        argv[len(HOSTRUN):len(HOSTRUN)] = ["--kernel", kernel]
-    env = dict(os.environ, TMPDIR=str(tmpdir))
+    argv = [*HOSTRUN, "--kernel", kernel, "--store", str(store), *fault.extra,
+            "--run", fault.command]
+    env = dict(os.environ, TMPDIR=str(tmpdir), INITKIT_CACHE=str(root / "cache"))
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=env)
@@ -224,12 +235,17 @@ def one_boot(fault: Fault, root: Path, kernel: str | None, rng: random.Random,
             fault.inject(run)
     else:
         # Any moment from hostrun's start to shortly before the guest's command ends
-        # (boot_time is a whole clean run, its 3 s sleep included).
-        delay = rng.uniform(0.0, max(boot_time - 1.5, 0.5))
-        try:
-            proc.wait(delay)
-        except subprocess.TimeoutExpired:
-            fault.inject(run)
+        # (boot_time is a whole clean run, its 3 s sleep included). A run faster than
+        # the clean one (the machine is shared: boots vary by seconds) would end before
+        # a late moment came and the fault would miss it: a moment is never later than
+        # LAST_MOMENT after READY, while the guest still sleeps.
+        moment = start + rng.uniform(0.0, max(boot_time - 1.5, 0.5))
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now >= moment or (run.ready.is_set() and now >= run.ready_at + LAST_MOMENT):
+                fault.inject(run)
+                break
+            time.sleep(0.005)
     try:
         code = proc.wait(RUN_LIMIT)
     except subprocess.TimeoutExpired:
@@ -241,7 +257,7 @@ def one_boot(fault: Fault, root: Path, kernel: str | None, rng: random.Random,
     if not _exact(code, fault.expected):
         tail = bytes(run.output[-600:]).decode(errors="replace")
         print(f"  {fault.name}: exit {code}, expected {fault.expected}\n{tail}", file=sys.stderr)
-    return code, elapsed
+    return code, elapsed, run.ready.is_set()
 
 
 def main() -> int:
@@ -254,24 +270,36 @@ def main() -> int:
     args = parser.parse_args()
     faults = [f for f in FAULTS if not args.fault or f.name in args.fault]
     rng = random.Random(args.seed)
-    cache = _cache_dir()
-    temps_before = _cache_temps(cache)
+    kernel = args.kernel or _default_kernel()
     rows: dict[str, Counter[str]] = defaultdict(Counter)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         root = Path(tmp)
-        # One clean boot first: it builds what hostrun caches and gives the boot time
-        # against which "a random moment" is drawn.
-        code, boot_time = one_boot(FAULTS[0], root, args.kernel, rng, 10.0)
-        if code != 0:
-            print("the clean boot failed; nothing to soak", file=sys.stderr)
-            return 1
+        cache = root / "cache"
+        # Two clean boots first: the first builds what hostrun caches (the initrd, the
+        # vmlinux, its notes), the second gives the boot time against which "a random
+        # moment" is drawn (the first's would be too long by the build).
+        for _ in range(2):
+            code, boot_time, _up = one_boot(FAULTS[0], root, kernel, rng, 10.0)
+            if code != 0:
+                print("the clean boot failed; nothing to soak", file=sys.stderr)
+                return 1
         print(f"clean boot: {boot_time:.1f} s; {args.runs} runs, seed {args.seed}",
               file=sys.stderr)
-        pending: tuple[str, set[str]] | None = None  # a SIGKILLed run's dirs, reaped next
+        temps_before = _cache_temps(cache)
+        # SIGKILLed runs' dirs (by fault), which the next hostrun whose VMM starts reaps.
+        pending: dict[str, str] = {}
         seen = set(os.listdir(root / "tmp"))  # entries already counted (or already there)
+
+        def check_reaped(now: set[str]) -> None:
+            for name, by in list(pending.items()):
+                if name in now:
+                    rows[by]["tmpdirs"] += 1
+                    rows[by]["sockets"] += _sockets(root / "tmp", {name})
+                del pending[name]
+
         for index in range(args.runs):
             fault = rng.choice(faults)
-            code, _elapsed = one_boot(fault, root, args.kernel, rng, boot_time)
+            code, _elapsed, came_up = one_boot(fault, root, kernel, rng, boot_time)
             row = rows[fault.name]
             row["runs"] += 1
             row["exact"] += _exact(code, fault.expected)
@@ -280,27 +308,32 @@ def main() -> int:
                 time.sleep(0.1)
             row["procs"] += procs
             now = set(os.listdir(root / "tmp"))
-            if pending is not None:  # the SIGKILLed run's dirs, which this boot had to reap
-                survivors = pending[1] & now
-                rows[pending[0]]["tmpdirs"] += len(survivors)
-                rows[pending[0]]["sockets"] += _sockets(root / "tmp", survivors)
+            if came_up:  # its VMM started, so it reaped what SIGKILLed runs left
+                check_reaped(now)
+            else:  # some may be gone already, by a reap or never made
+                for name in [n for n in pending if n not in now]:
+                    del pending[name]
             left = now - seen
             seen |= now
+            note = ""
             if code == -signal.SIGKILL:
-                pending = (fault.name, left)
+                pending.update(dict.fromkeys(left, fault.name))
+                note = f" (left {len(left)} dir(s) for a later hostrun to reap)" if left else ""
             else:
-                pending = None
                 row["tmpdirs"] += len(left)
                 row["sockets"] += _sockets(root / "tmp", left)
             temps = _cache_temps(cache) - temps_before
             row["cachetmp"] += len(temps)
             temps_before |= temps
-            print(f"{index + 1:3d}/{args.runs} {fault.name}: exit {code}", file=sys.stderr)
-        if pending is not None:  # one more boot, to see the last SIGKILLed dir reaped
-            one_boot(FAULTS[0], root, args.kernel, rng, boot_time)
-            survivors = pending[1] & set(os.listdir(root / "tmp"))
-            rows[pending[0]]["tmpdirs"] += len(survivors)
-            rows[pending[0]]["sockets"] += _sockets(root / "tmp", survivors)
+            leaked = [f"{procs} process(es)"] if procs else []
+            leaked += [str(root / "tmp" / name) for name in left if code != -signal.SIGKILL]
+            leaked += [str(path) for path in temps]
+            if leaked:  # name them, to look at (or to rerun this fault alone with --fault)
+                note += f"; LEFT {', '.join(sorted(leaked))}"
+            print(f"{index + 1:3d}/{args.runs} {fault.name}: exit {code}{note}", file=sys.stderr)
+        if pending:  # one more boot, to see the last SIGKILLed dirs reaped
+            one_boot(FAULTS[0], root, kernel, rng, boot_time)
+            check_reaped(set(os.listdir(root / "tmp")))
     columns = ["runs", "exact", "procs", "sockets", "tmpdirs", "cachetmp"]
     width = max(len(name) for name in rows) + 2
     print(f"{'fault':<{width}}" + "".join(f"{c:>9}" for c in columns))

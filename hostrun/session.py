@@ -162,19 +162,22 @@ class _Run:
 
     # -- the whole run --------------------------------------------------------------
     def run(self) -> Outcome:
-        workdir = private_dir()
-        try:
-            with _host_signals(self.signals) as wakeup, contextlib.ExitStack() as stack:
-                if self.interactive and isinstance(self.stdin, int):
-                    from hostrun.terminal import raw_terminal
+        # The handlers are set before the private dir exists and reset after it is gone:
+        # a SIGTERM just before or after them would kill hostrun with the dir in place.
+        with _host_signals(self.signals) as wakeup:
+            workdir = private_dir()
+            try:
+                with contextlib.ExitStack() as stack:
+                    if self.interactive and isinstance(self.stdin, int):
+                        from hostrun.terminal import raw_terminal
 
-                    stack.enter_context(raw_terminal(self.stdin))
-                try:
-                    return self._run(workdir, wakeup)
-                finally:
-                    self._teardown()
-        finally:
-            remove_tree(workdir)
+                        stack.enter_context(raw_terminal(self.stdin))
+                    try:
+                        return self._run(workdir, wakeup)
+                    finally:
+                        self._teardown()
+            finally:
+                remove_tree(workdir)
 
     def _run(self, workdir: Path, wakeup: int | None) -> Outcome:
         spec = self.spec

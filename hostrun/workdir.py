@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from initkit.errors import writing
-from initkit.files import TMPDIR_ELSEWHERE, remove_tree
+from initkit.files import TMPDIR_ELSEWHERE, remove_tree, temp_base
 from initkit.owner import Owner
 
 PREFIX = "hostrun-"
@@ -25,16 +25,21 @@ _SOCKET_ROOM = 107 - len("/hostrun-12345678/virtiofs.sock")
 
 
 def base_dir() -> str:
-    """Where private directories go: $TMPDIR (tempfile's choice), or /tmp when that is
-    too long for a socket path under it."""
-    base = tempfile.gettempdir()
-    return base if len(os.fsencode(base)) <= _SOCKET_ROOM else "/tmp"
+    """Where private directories go: $TMPDIR (initkit.files.temp_base: a bad one is an
+    error, not /tmp), or /tmp when it is too long for a socket path under it and would
+    do otherwise (a bad one is refused all the same)."""
+    base = temp_base()
+    if len(os.fsencode(base)) <= _SOCKET_ROOM:
+        return base
+    usable = os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK)
+    return "/tmp" if usable else base
 
 
 def private_dir() -> Path:
     """A fresh 0700 directory for the socket and logs, marked as this process's."""
     base = base_dir()
-    with writing(base, "make hostrun's private directory in", instead=TMPDIR_ELSEWHERE):
+    with writing(base, "make hostrun's private directory in", instead=TMPDIR_ELSEWHERE,
+                 inside=True):
         path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))
     try:
         with writing(path / MARKER, "write", instead=TMPDIR_ELSEWHERE):

@@ -29,7 +29,7 @@ from initbuilder.image import Image, Kind
 from initbuilder.loader.closure import Resolver
 from initbuilder.loader.elf import is_elf_file
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
-from initkit.errors import InitkitError, write_error, writing
+from initkit.errors import InitkitError, WriteSite, write_error, writing
 from initkit.files import (
     identity,
     private_scratch,
@@ -310,5 +310,6 @@ def _stripped(path: Path) -> Path:
     with replacing(target, mode=st.st_mode & 0o7777, what="the cache entry",
                    instead=CACHE_ELSEWHERE) as tmp:
         run([strip, "--strip-unneeded", "-o", tmp, path],
-            hint="install binutils, or remove the broken strip from $PATH")
+            hint="install binutils, or remove the broken strip from $PATH",
+            writes=WriteSite(target, "write the cache entry", CACHE_ELSEWHERE))
     return target

@@ -1,11 +1,13 @@
 """Click plumbing shared by initkit's front ends: user errors as one line, exit 2 (120
-for a machine that ran short: errors.EnvironmentFault); -v logging; lazy subcommands."""
+for a machine that ran short: errors.EnvironmentFault), usage errors as one line too;
+-v logging; lazy subcommands."""
 
 from __future__ import annotations
 
 import errno
 import importlib
 import logging
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -19,16 +21,49 @@ _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMF
                    errno.ENFILE}
 
 
+class _OneLineUsageError(click.UsageError):
+    """A usage error (a bad flag, a missing argument, a path click refused) shown as one
+    line like every other error, with where help is, instead of click's usage block."""
+
+    def show(self, file: Any = None) -> None:
+        root = self.ctx.find_root().info_name if self.ctx else None
+        where = f" (see {self.ctx.command_path} --help)" if self.ctx else ""
+        click.echo(f"{root or 'error'}: error: {self.format_message()}{where}", err=True)
+
+
+# Shown as they are: ours, and a bare group name's help (no arguments is a request for it).
+_KEEP = (_OneLineUsageError, getattr(click.exceptions, "NoArgsIsHelpError", _OneLineUsageError))
+
+
 class _ReportsUserErrors(click.Command):
     """Print InitkitError as one line (no traceback) and exit with its code (2, or 120
-    for an EnvironmentFault); bugs keep tracebacks. A mixin before click's Group or
-    Command (a Command itself, so that its super().invoke is one)."""
+    for an EnvironmentFault); usage errors as one line, exit 2; ^C as 130; bugs keep
+    tracebacks. A mixin before click's Group or Command (a Command itself, so that its
+    super().invoke is one)."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            if isinstance(exc, _KEEP):
+                raise
+            raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # an unknown subcommand, say
+            if isinstance(exc, _KEEP):
+                raise
+            raise _OneLineUsageError(exc.format_message(), exc.ctx or ctx) from None
         except InitkitError as exc:
             _fail(ctx, exc)
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1; a shell's ^C code, as hostrun's
+            # own handler gives once the VM runs.
+            click.echo(f"{ctx.find_root().info_name}: interrupted", err=True)
+            sys.exit(128 + signal.SIGINT)
         except OSError as exc:
             # A copy or rename names its destination second: that is what was written.
             written = exc.filename2 or exc.filename

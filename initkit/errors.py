@@ -7,6 +7,7 @@ import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 USER_ERROR_EXIT = 2  # a flag, an input or a path of the user's is wrong: they can fix it
 ENVIRONMENT_EXIT = 120  # the machine ran short: a full disk, a quota, open files, I/O
@@ -41,6 +42,11 @@ def reading(path: str | os.PathLike[str], what: str = "") -> Iterator[None]:
         raise InitkitError(f"{label}: no such file") from None
     except IsADirectoryError:
         raise InitkitError(f"{label}: is a directory where a file is expected") from None
+    except NotADirectoryError:
+        blocker = _first_non_directory(os.path.dirname(os.path.abspath(path))) or "a part"
+        if not os.path.isabs(path):  # as the user named it
+            blocker = blocker.replace(os.getcwd() + os.sep, "")
+        raise InitkitError(f"{label}: {blocker} is not a directory") from None
     except PermissionError:
         raise InitkitError(f"{label}: permission denied") from None
     except OSError as exc:
@@ -48,14 +54,16 @@ def reading(path: str | os.PathLike[str], what: str = "") -> Iterator[None]:
 
 
 @contextmanager
-def writing(path: str | os.PathLike[str], doing: str, *, instead: str = "") -> Iterator[None]:
+def writing(path: str | os.PathLike[str], doing: str, *, instead: str = "",
+            inside: bool = False) -> Iterator[None]:
     """Turn the OSError of creating or writing ``path`` into one line: what was being
     done (``doing``, e.g. "write the initrd"), the cause, and the fix; ``instead`` is
-    the way around it ("pass another -o", "set $TMPDIR to another directory")."""
+    the way around it ("pass another -o", "set $TMPDIR to another directory").
+    ``inside``: ``path`` is the directory something new is made in, not the new thing."""
     try:
         yield
     except OSError as exc:
-        raise write_error(exc, path, doing, instead=instead) from exc
+        raise write_error(exc, path, doing, instead=instead, inside=inside) from exc
 
 
 # Resources the machine ran out of: nothing about the path is wrong.
@@ -64,11 +72,13 @@ _ENVIRONMENT = {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EN
 
 
 def write_error(exc: OSError, path: str | os.PathLike[str], doing: str, *,
-                instead: str = "") -> InitkitError:
+                instead: str = "", inside: bool = False) -> InitkitError:
     """The InitkitError (EnvironmentFault for a resource the machine ran out of) that
-    says why writing ``path`` failed with ``exc`` and what to do about it."""
+    says why writing ``path`` (or, ``inside``, making something in the directory
+    ``path``) failed with ``exc`` and what to do about it."""
     where = os.fspath(path)
-    cause, fix = _explain(exc, os.path.abspath(where))
+    full = os.path.abspath(where)
+    cause, fix = _explain(exc, full if inside else os.path.dirname(full))
     if not os.path.isabs(where):  # name the other paths as the user did: relative
         cause = cause.replace(os.getcwd() + os.sep, "")
     fix = f"{fix}, or {instead}" if fix and instead else fix or instead
@@ -77,10 +87,58 @@ def write_error(exc: OSError, path: str | os.PathLike[str], doing: str, *,
     return kind(message)
 
 
-def _explain(exc: OSError, path: str) -> tuple[str, str]:
-    """(cause, fix) for the OSError of writing ``path`` (absolute)."""
+@dataclass(frozen=True)
+class WriteSite:
+    """Where a program initkit runs writes (dpkg-deb, tar, make, strip), to explain its
+    failure when the machine, not the input, is why: ``path``, ``doing``, ``instead``
+    and ``inside`` as writing() takes them."""
+
+    path: str | os.PathLike[str]
+    doing: str
+    instead: str = ""
+    inside: bool = False
+
+    def fault(self, output: str) -> InitkitError | None:
+        """The error for the program that failed with ``output`` (its stderr), if the
+        machine ran short: the output names such a fault in the C locale's words (the
+        program's own last line often does not: "tar subprocess returned error exit
+        status 2"), or the filesystem written to is full or read-only now."""
+        code = next((c for c in _TOOL_FAULTS if os.strerror(c) in output), None)
+        if code is None:
+            code = _filesystem_fault(os.path.abspath(self.path))
+        if code is None:
+            return None
+        return write_error(OSError(code, os.strerror(code)), self.path, self.doing,
+                           instead=self.instead, inside=self.inside)
+
+
+# What a program says when the machine stops it (most specific first: "Too many open
+# files in system" holds "Too many open files").
+_TOOL_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENFILE, errno.EMFILE,
+                errno.EIO)
+
+
+def _filesystem_fault(path: str) -> int | None:
+    """ENOSPC if the filesystem holding ``path`` has no block or no inode left for its
+    user, EROFS if it is mounted read-only, else None."""
+    current = path
+    while not os.path.exists(current) and os.path.dirname(current) != current:
+        current = os.path.dirname(current)
+    try:
+        st = os.statvfs(current)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if (st.f_blocks and st.f_bavail == 0) or (st.f_files and st.f_favail == 0):
+        return errno.ENOSPC
+    return None
+
+
+def _explain(exc: OSError, parent: str) -> tuple[str, str]:
+    """(cause, fix) for the OSError of making something in the directory ``parent``
+    (absolute)."""
     code = exc.errno
-    parent = os.path.dirname(path)
     if code in (errno.ENOSPC, errno.EDQUOT):
         fs = _filesystem(parent)
         if code == errno.EDQUOT:

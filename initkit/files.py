@@ -117,7 +117,7 @@ def scratch_beside(target: str | os.PathLike[str], *, what: str = "",
     the next one."""
     target = Path(target)
     with writing(target.parent, f"make a temporary directory for {what or target.name} in",
-                 instead=instead):
+                 instead=instead, inside=True):
         reap_abandoned(target)
         scratch = temp_path(target)
         os.mkdir(scratch, 0o700)
@@ -131,13 +131,50 @@ def scratch_beside(target: str | os.PathLike[str], *, what: str = "",
 def private_scratch(prefix: str) -> Iterator[Path]:
     """A new private (0700) directory in $TMPDIR for the block's work, removed after it
     (tempfile.TemporaryDirectory, with the OSError of making it told as one line)."""
-    base = tempfile.gettempdir()
-    with writing(base, "make a temporary directory in", instead=TMPDIR_ELSEWHERE):
+    base = temp_base()
+    with writing(base, "make a temporary directory in", instead=TMPDIR_ELSEWHERE,
+                 inside=True):
         scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     try:
         yield scratch
     finally:
         remove_tree(scratch)
+
+
+def temp_base() -> str:
+    """Where temporary directories go: tempfile.tempdir if the program set it, else
+    $TMPDIR as given, else tempfile's choice (/tmp, /var/tmp, ...).
+
+    tempfile passes over a $TMPDIR it cannot write and quietly takes /tmp; initkit does
+    not, because the programs it runs (gcc, dpkg-deb) take $TMPDIR as given: making a
+    directory in a bad one fails, with a message naming it."""
+    if tempfile.tempdir is not None:
+        return tempfile.tempdir
+    given = os.environ.get("TMPDIR")
+    if given:
+        return os.path.abspath(given)
+    try:
+        return tempfile.gettempdir()
+    except FileNotFoundError:  # not one of them takes a file
+        raise InitkitError("no usable temporary directory: none of /tmp, /var/tmp, "
+                           "/usr/tmp and the working directory takes a new file; set "
+                           "$TMPDIR to a directory you may write") from None
+
+
+def check_temp_base() -> str:
+    """temp_base(), shown to take a new file with a byte in it, for the programs initkit
+    runs that put their own temporary files there (gcc, dpkg-deb, apt): a $TMPDIR that
+    cannot take them is one line naming it before they start, not their own last words
+    later."""
+    base = temp_base()
+    with writing(base, "make a temporary file in", instead=TMPDIR_ELSEWHERE, inside=True):
+        fd, name = tempfile.mkstemp(prefix=".initkit-probe-", dir=base)
+        try:
+            os.write(fd, b"\0")
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    return base
 
 
 def reap_abandoned(target: Path) -> int:
@@ -217,6 +254,14 @@ def _prefix(name: str) -> str:
 
 
 _TEMP = re.compile(r"(\d+-\d+)-\d+" + re.escape(_SUFFIX))
+_ANY_TEMP = re.compile(r"\..+\." + _TEMP.pattern)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is that of a temp file or scratch directory of some entry
+    (.ENTRY.PID-START-N.tmp): what a writer killed by SIGKILL can leave (bench/soak.py
+    counts them)."""
+    return _ANY_TEMP.fullmatch(name) is not None
 
 
 def _temp_owner(name: str, prefix: str) -> Owner | None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from typing import IO
 
-from initkit.errors import EnvironmentFault, InitkitError
+from initkit.errors import EnvironmentFault, InitkitError, WriteSite
 
 log = logging.getLogger("initkit.process")
 
@@ -35,9 +35,12 @@ def run(
     cwd: Arg | None = None,
     timeout: float | None = None,
     hint: str = "",
+    writes: WriteSite | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv and return the finished process; raise InitkitError if it cannot start
-    or (with check) exits non-zero. ``hint`` is appended to the error: what to do."""
+    or (with check) exits non-zero. ``hint`` is appended to the error: what to do.
+    ``writes``: where it writes, so that a failure of the machine's (a full disk) is
+    told as one (an EnvironmentFault naming that place), not as the program's."""
     args = [str(a) for a in argv]
     log.debug("run: %s", shlex.join(args))
     try:
@@ -56,6 +59,8 @@ def run(
         raise InitkitError(f"{shlex.join(args)} did not finish within {timeout} s") from exc
     if check and proc.returncode != 0:
         err = (proc.stderr or b"").decode(errors="replace").strip()
+        if writes is not None and (fault := writes.fault(err)) is not None:
+            raise fault
         last = err.splitlines()[-1] if err else f"exit status {proc.returncode}"
         raise InitkitError(
             f"{shlex.join(args)} failed: {last}" + (f"; {hint}" if hint else "")
@@ -71,10 +76,12 @@ def run_lines(
     cwd: Arg | None = None,
     hint: str = "",
     keep: int = 200,
+    writes: WriteSite | None = None,
 ) -> None:
     """Run argv, handing each line of its merged stdout and stderr to ``on_line`` as it
     comes (for long builds that show progress); raise InitkitError if it cannot start or
-    exits non-zero, naming the line of its output that gives the error. The child
+    exits non-zero, naming the line of its output that gives the error (or, with
+    ``writes``, the machine's fault as run() does). The child
     is stopped and waited for if this process is interrupted, so nothing keeps writing
     after we return."""
     args = [str(a) for a in argv]
@@ -104,6 +111,8 @@ def run_lines(
                 proc.kill()
                 proc.wait()
     if code != 0:
+        if writes is not None and (fault := writes.fault("\n".join(tail))) is not None:
+            raise fault
         # One line, as front ends print errors: the first compiler-style "error:" line
         # (the cause), else the last line that mentions an error (make's own "*** ...
         # Error 2" summary), else the last line.

@@ -81,10 +81,18 @@ def build_view(view: StoreView, root: Path, *, mounts: bool | None = None) -> Bu
         if kind == "link":
             os.symlink(os.readlink(entry.source), target)
         elif kind == "dir":
-            _link_tree(entry.source, target, counts)
+            _link_tree(entry, target, counts)
         else:
-            _link_or_copy(entry.source, target, counts)
+            _link_or_copy(entry, entry.source, target, counts)
     return BuiltView(root, None, linked_files=counts[0], copied_files=counts[1])
+
+
+def _unreadable(entry: ViewEntry, exc: OSError) -> InitkitError:
+    """A store path the view cannot be made of because hostrun cannot read it: the
+    path's fault, not one of writing the view (the caller's writing() would say so)."""
+    return InitkitError(f"/nix/store/{entry.name} (from {entry.origin}): cannot read "
+                        f"{exc.filename}: {exc.strerror}; a store path is served whole, so "
+                        "all of it must be readable for you")
 
 
 def _kind(entry: ViewEntry) -> str:
@@ -103,9 +111,14 @@ def _kind(entry: ViewEntry) -> str:
                        "neither a file, a directory nor a symlink; a store path cannot be one")
 
 
-def _link_tree(source: Path, target: Path, counts: list[int]) -> None:
+def _link_tree(entry: ViewEntry, target: Path, counts: list[int]) -> None:
+    source = entry.source
     target.mkdir()
-    for directory, dirs, files in os.walk(source):
+
+    def unreadable(exc: OSError) -> None:  # os.walk would skip the directory silently
+        raise _unreadable(entry, exc)
+
+    for directory, dirs, files in os.walk(source, onerror=unreadable):
         here = target / os.path.relpath(directory, source)
         for name in dirs:
             full = os.path.join(directory, name)
@@ -118,16 +131,21 @@ def _link_tree(source: Path, target: Path, counts: list[int]) -> None:
             if os.path.islink(full):
                 os.symlink(os.readlink(full), here / name)
             else:
-                _link_or_copy(Path(full), here / name, counts)
+                _link_or_copy(entry, Path(full), here / name, counts)
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(directory, d))]
 
 
-def _link_or_copy(source: Path, target: Path, counts: list[int]) -> None:
+def _link_or_copy(entry: ViewEntry, source: Path, target: Path, counts: list[int]) -> None:
     try:
         os.link(source, target)
         counts[0] += 1
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
             raise
+        try:
+            with open(source, "rb"):  # what copy2 reads: its error would name no side
+                pass
+        except OSError as unreadable:
+            raise _unreadable(entry, unreadable) from None
         shutil.copy2(source, target)
         counts[1] += 1

@@ -32,6 +32,6 @@ def main() -> None:
     \b
     Exit status: 0 done; 1 `kernel build --cached` found no build; 2 a usage or
     input error (one line says which and what to do); 120 the machine ran short
-    (disk full, quota, open files, I/O error).
+    (disk full, quota, open files, I/O error); 130 interrupted (Ctrl-C).
     """
 

@@ -37,8 +37,9 @@ from initbuilder.kernels.source import (
 )
 from initkit import process
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
-from initkit.errors import writing
+from initkit.errors import WriteSite, writing
 from initkit.files import (
+    check_temp_base,
     identity_or_missing,
     remember,
     remove_tree,
@@ -136,6 +137,7 @@ def build_kernel(
     wanted = wanted_options(all_fragments)  # a bad fragment fails before apt or make run
     if not rebuild and (found := lookup(source, fragments)) is not None:
         return found  # no package checks, no unpacking: the second call is instant
+    check_temp_base()  # apt's and gcc's temporary files go there
     src = given_source(source) if source is not None else debian_source()
     key = cache_key(src.ident, wanted, compiler_version())
     entry = cache_dir("kernel-built") / key
@@ -229,7 +231,8 @@ def _make_argv(src: KernelSource, objects: Path, *args: str) -> list[str]:
 def _make(src: KernelSource, objects: Path, args: Sequence[str], progress: BuildProgress) -> None:
     process.run_lines(_make_argv(src, objects, *args), progress.line,
                       hint=f"the whole output is in {progress.log_path}; run again "
-                           "with -v to see make's lines")
+                           "with -v to see make's lines",
+                      writes=WriteSite(objects, "build the kernel in", inside=True))
 
 
 def _configure(src: KernelSource, objects: Path, wanted: dict[str, kernelconfig.Option],
@@ -251,6 +254,7 @@ def configure_only(source: Path | None, fragments: Sequence[Path], objects: Path
     """Configure ``source`` into the object tree ``objects`` and check the fragments,
     without compiling; returns the .config (tests use it: seconds instead of minutes)."""
     wanted = wanted_options(fragments_with_default(fragments))
+    check_temp_base()  # apt's and gcc's temporary files go there
     src = given_source(source) if source is not None else debian_source()
     objects.mkdir(parents=True, exist_ok=True)
     _configure(src, objects, wanted, BuildProgress(report, objects, False))
@@ -267,7 +271,10 @@ def _install(src: KernelSource, objects: Path, entry: Path, key: str,
              fragments: Sequence[Path], seconds: float) -> BuiltKernel:
     """Copy the results into a temporary directory, then rename it to ``entry``."""
     release = (objects / "include" / "config" / "kernel.release").read_text().strip()
-    with scratch_beside(entry, what="the built kernel", instead=CACHE_ELSEWHERE) as tmp:
+    site = WriteSite(entry, "install the built kernel into", CACHE_ELSEWHERE)
+    # make has just written the objects: an OSError here is one of writing the entry.
+    with scratch_beside(entry, what="the built kernel", instead=CACHE_ELSEWHERE) as tmp, \
+            writing(site.path, site.doing, instead=site.instead):
         tree = tmp / "tree"
         boot = tree / "boot"
         boot.mkdir(parents=True)
@@ -278,7 +285,8 @@ def _install(src: KernelSource, objects: Path, entry: Path, key: str,
         if _modules_enabled(objects):
             # DEPMOD=true: modules.dep is optional for initbuilder, and depmod may be absent.
             process.run(_make_argv(src, objects, f"INSTALL_MOD_PATH={tree}", "DEPMOD=true",
-                                   "INSTALL_MOD_STRIP=1", "modules_install"), timeout=600)
+                                   "INSTALL_MOD_STRIP=1", "modules_install"), timeout=600,
+                        writes=site)
             for link in ("build", "source"):  # they point into the object tree
                 (modules / link).unlink(missing_ok=True)
         else:

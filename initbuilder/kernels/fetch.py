@@ -23,8 +23,8 @@ from pathlib import Path
 
 from initkit import process
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
-from initkit.errors import InitkitError
-from initkit.files import scratch_beside
+from initkit.errors import InitkitError, WriteSite, writing
+from initkit.files import check_temp_base, scratch_beside
 
 log = logging.getLogger("initkit.kernelfetch")
 
@@ -61,6 +61,16 @@ def kernels_dir() -> Path:
     return cache_dir("kernels")
 
 
+def _kernels_root(cache: Path | None) -> Path:
+    """``cache`` (--cache), created if missing, else kernels_dir()."""
+    if cache is None:
+        return kernels_dir()
+    root = Path(cache)
+    with writing(root, "create the kernel directory", instead="pass another --cache"):
+        root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def running_release() -> str | None:
     """The Debian release this machine runs (bookworm, trixie), or None elsewhere."""
     try:
@@ -84,8 +94,7 @@ def fetch_debian_kernel(
     $INITKIT_KERNEL_PACKAGE, else the newest cached kernel of that release, else the one
     ``linux-image-amd64`` depends on (always apt's current one with ``refresh``).
     """
-    root = Path(cache) if cache is not None else kernels_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    root = _kernels_root(cache)
     if release is not None and release not in RELEASES:
         raise InitkitError(f"release {release!r} is not known; use one of "
                            f"{', '.join(RELEASES)}")
@@ -285,6 +294,7 @@ def _load(directory: Path) -> FetchedKernel | None:
 
 
 def _download_and_unpack(root: Path, package: str, apt: AptSource) -> FetchedKernel:
+    check_temp_base()  # apt's and dpkg-deb's temporary files go there
     with scratch_beside(root / package, what="the download", instead=CACHE_ELSEWHERE) as work:
         log.info("downloading %s", package)
         process.run(
@@ -293,6 +303,8 @@ def _download_and_unpack(root: Path, package: str, apt: AptSource) -> FetchedKer
             timeout=900,
             hint=f"check that apt knows {package} (apt-cache policy {package}) "
             "and that the mirror is reachable",
+            writes=WriteSite(root / package, "download the kernel package into",
+                             CACHE_ELSEWHERE),
         )
         debs = sorted(work.glob("*.deb"))
         if len(debs) != 1:
@@ -303,8 +315,8 @@ def _download_and_unpack(root: Path, package: str, apt: AptSource) -> FetchedKer
 def unpack_kernel_deb(deb: Path, cache: Path | None = None) -> FetchedKernel:
     """Unpack a kernel .deb into the cache (no scripts run) and return it; when the package
     is already there, or another process unpacks it at the same time, the first copy wins."""
-    root = Path(cache) if cache is not None else kernels_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    root = _kernels_root(cache)
+    check_temp_base()  # dpkg-deb unpacks even the control fields there
     package = _deb_field(deb, "Package")
     _check_package_name(package)
     final = root / package
@@ -312,17 +324,19 @@ def unpack_kernel_deb(deb: Path, cache: Path | None = None) -> FetchedKernel:
     if found is not None:
         return found
     package_version = _deb_field(deb, "Version")
+    site = WriteSite(final, "unpack the kernel package into", CACHE_ELSEWHERE)
     with scratch_beside(final, what="the kernel package", instead=CACHE_ELSEWHERE) as tmp:
         tree = tmp / "tree"
         log.info("unpacking %s", deb.name)
         process.run(["dpkg-deb", "-x", deb, tree], timeout=600,
-                    hint="dpkg-deb is part of dpkg; install it")
+                    hint="dpkg-deb is part of dpkg; install it", writes=site)
         version = _kernel_release(tree, package)
-        (tree / _STAMP).write_text(json.dumps({
-            "package": package,
-            "package_version": package_version,
-            "version": version,
-        }, indent=1) + "\n")
+        with writing(site.path, site.doing, instead=site.instead):
+            (tree / _STAMP).write_text(json.dumps({
+                "package": package,
+                "package_version": package_version,
+                "version": version,
+            }, indent=1) + "\n")
         try:
             tree.rename(final)
         except OSError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from initkit import process
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
-from initkit.errors import InitkitError
+from initkit.errors import InitkitError, WriteSite, writing
 from initkit.files import scratch_beside
 
 log = logging.getLogger("initkit.kernelbuild")
@@ -179,8 +179,10 @@ def _unpacked(tarball: Path, ident: str) -> KernelSource:
                             instead=CACHE_ELSEWHERE) as tmp:
             tree = tmp / "tree"
             log.warning("unpacking %s (once)", tarball)
-            _extract(tarball, tree)
-            (tree / _STAMP).write_text(json.dumps({"from": str(tarball)}) + "\n")
+            site = WriteSite(final, "unpack the kernel source into", CACHE_ELSEWHERE)
+            _extract(tarball, tree, site)
+            with writing(site.path, site.doing, instead=site.instead):
+                (tree / _STAMP).write_text(json.dumps({"from": str(tarball)}) + "\n")
             try:
                 tree.rename(final)
             except OSError:
@@ -190,10 +192,11 @@ def _unpacked(tarball: Path, ident: str) -> KernelSource:
     return KernelSource(ident, final, makefile_version(final))
 
 
-def _extract(tarball: Path, into: Path) -> None:
+def _extract(tarball: Path, into: Path, site: WriteSite) -> None:
     # GNU tar (essential in Debian) with xz-utils, a build package, as its decompressor:
     # several times faster than tarfile on 1.4 GB of sources.
-    into.mkdir()
+    with writing(site.path, site.doing, instead=site.instead):
+        into.mkdir()
     process.run(["tar", "-xf", tarball, "-C", into, "--strip-components=1",
                  "--no-same-owner"], timeout=1800,
-                hint=f"{tarball} must be a kernel source tarball")
+                hint=f"{tarball} must be a kernel source tarball", writes=site)

@@ -304,6 +304,47 @@ def test_sigterm_to_hostrun_tears_down(spec_for: MakeSpec, private_tmp: Path) ->
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 
+@pytest.mark.parametrize("when", ["making the private dir", "removing it"])
+def test_a_sigterm_at_either_end_of_the_private_dir_leaves_nothing(
+        spec_for: MakeSpec, private_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+        when: str) -> None:
+    """The soak found one: a SIGTERM as the private dir was made, or as it was removed,
+    met no handler of hostrun's (set after the one, reset before the other) and killed
+    it with the dir in place. Now it is recorded like any other, and the dir still goes.
+    (The test's own handler stands in for the default action, which would end pytest.)"""
+    import signal
+
+    from hostrun import workdir
+    from initkit import files
+
+    make, remove = workdir.private_dir, files.remove_tree
+    missed: list[int] = []
+
+    def made_then_signalled() -> Path:
+        path = make()
+        os.kill(os.getpid(), signal.SIGTERM)
+        return path
+
+    def signalled_then_removed(path: str | os.PathLike[str]) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        remove(path)
+
+    if when == "making the private dir":
+        monkeypatch.setattr(session, "private_dir", made_then_signalled)
+    else:
+        monkeypatch.setattr(session, "remove_tree", signalled_then_removed)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: missed.append(signum))
+    try:
+        outcome, _ = collect(spec_for("status:exit=0"))
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # ours, restored
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert missed == []  # hostrun's handler had it
+    expected = ExitCode.TERMINATED if when == "making the private dir" else 0
+    assert outcome.code == expected, outcome.error
+    assert os.listdir(private_tmp) == []
+
+
 def test_status_before_timeout_wins_over_it(spec_for: MakeSpec, private_tmp: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A guest that reported in time but powers off slowly is not a timeout."""

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -100,29 +101,32 @@ def test_a_dir_of_another_user_is_left_alone(tmp_path: Path) -> None:
     assert theirs.exists()
 
 
-def test_a_private_dir_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+def test_a_private_dir_that_cannot_be_made_is_one_line() -> None:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("a full tmpfs needs root and unshare(1) (a private mount namespace)")
-    full = tmp_path / "full"
-    full.mkdir()
-    code = ("import sys, tempfile; tempfile.tempdir = sys.argv[1]\n"
-            "from hostrun.workdir import private_dir\n"
-            "from initkit.errors import InitkitError\n"
-            "try:\n    private_dir()\nexcept InitkitError as exc:\n"
-            "    print(exc.exit_code, exc)\n")
-    script = ('mount -t tmpfs -o size=64k,mode=0700 tmpfs "$0" || exit 99; '
-              'dd if=/dev/zero of="$0/fill" bs=4k 2>/dev/null; "$@"; ls -A "$0"')
-    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
-                           str(full), sys.executable, "-c", code, str(full)],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if proc.returncode == 99:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    first, *left = proc.stdout.splitlines()
-    assert first.startswith(f"{ENVIRONMENT_EXIT} cannot "), proc
-    assert f"no space left on {full} (tmpfs)" in first
-    assert first.endswith("free some space there, or set $TMPDIR to another directory")
-    assert left == ["fill"]  # the half-made private dir is gone again
+    # A short path: under one too long for the socket (pytest-xdist's) hostrun takes /tmp.
+    full = Path(tempfile.mkdtemp(prefix="ikw-", dir="/tmp"))
+    try:
+        code = ("import sys, tempfile; tempfile.tempdir = sys.argv[1]\n"
+                "from hostrun.workdir import private_dir\n"
+                "from initkit.errors import InitkitError\n"
+                "try:\n    private_dir()\nexcept InitkitError as exc:\n"
+                "    print(exc.exit_code, exc)\n")
+        script = ('mount -t tmpfs -o size=64k,mode=0700 tmpfs "$0" || exit 99; '
+                  'dd if=/dev/zero of="$0/fill" bs=4k 2>/dev/null; "$@"; ls -A "$0"')
+        proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                               str(full), sys.executable, "-c", code, str(full)],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if proc.returncode == 99:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        first, *left = proc.stdout.splitlines()
+        assert first.startswith(f"{ENVIRONMENT_EXIT} cannot "), proc
+        assert f"no space left on {full} (tmpfs)" in first
+        assert first.endswith("free some space there, or set $TMPDIR to another directory")
+        assert left == ["fill"]  # the half-made private dir is gone again
+    finally:
+        full.rmdir()  # the tmpfs was the namespace's only
 
 
 def test_the_marker_names_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,3 +137,21 @@ def test_the_marker_names_this_process(tmp_path: Path, monkeypatch: pytest.Monke
     assert made.name.startswith(PREFIX) and made.stat().st_mode & 0o777 == 0o700
     assert Owner.parse((made / MARKER).read_text()) == Owner.current()
     assert reap_abandoned(str(tmp_path)) == [] and made.exists()  # alive: kept
+
+
+def test_a_tmpdir_too_long_for_the_socket_gives_tmp_unless_it_is_bad(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from hostrun.workdir import base_dir
+    from initkit.errors import InitkitError
+
+    long = tmp_path / ("d" * 100)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setenv("TMPDIR", str(long))
+    assert base_dir() == "/tmp"  # the socket's path would not fit under it
+    monkeypatch.setenv("TMPDIR", str(long / "missing"))
+    assert base_dir() == str(long / "missing")
+    with pytest.raises(InitkitError, match=f"directory {long / 'missing'} does not exist"):
+        private_dir()

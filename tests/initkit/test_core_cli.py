@@ -36,12 +36,47 @@ def test_user_errors_exit_2_and_machine_faults_120() -> None:
     assert ExitCode.USER_ERROR == USER_ERROR_EXIT and ExitCode.ENVIRONMENT == ENVIRONMENT_EXIT
 
 
+def test_ctrl_c_is_one_line_and_a_shell_s_code() -> None:
+    """click would say "Aborted!" and exit 1: a ^C that lands before hostrun's own
+    handler is up (while it plans the run) gave the soak a code no table documents."""
+    result = _invoke(KeyboardInterrupt())
+    assert (result.exit_code, result.output) == (130, "tool: interrupted\n")
+
+
 def test_an_unexplained_full_disk_is_still_one_line() -> None:
     copy = OSError(errno.ENOSPC, "No space left on device", "/src/file", None, "/dst/file")
     result = _invoke(copy)
     assert result.exit_code == ENVIRONMENT_EXIT
     assert result.output.startswith("tool: error: cannot write /dst/file: no space left on ")
     assert result.output.count("\n") == 1
+
+
+def test_usage_errors_are_one_line_naming_where_help_is(tmp_path: Path) -> None:
+    from initkit.cli import Group
+
+    @click.group(cls=Group)
+    def tool() -> None:
+        pass
+
+    @tool.command(cls=Command)
+    @click.option("--cache", type=click.Path(file_okay=False))
+    @click.argument("image", type=click.Path(exists=True))
+    def look(cache: str | None, image: str) -> None:
+        pass
+
+    (tmp_path / "file").write_text("x")
+    for args, message in (
+        (["look", str(tmp_path / "missing")],
+         f"Invalid value for 'IMAGE': Path '{tmp_path / 'missing'}' does not exist."),
+        (["look", "--cache", str(tmp_path / "file"), str(tmp_path)],
+         f"Invalid value for '--cache': Directory '{tmp_path / 'file'}' is a file."),
+        (["look"], "Missing argument 'IMAGE'."),
+        (["nope"], "No such command 'nope'."),
+    ):
+        result = CliRunner().invoke(tool, args, prog_name="tool")
+        where = "tool look" if args[0] == "look" else "tool"
+        assert (result.exit_code, result.output) == (
+            USER_ERROR_EXIT, f"tool: error: {message} (see {where} --help)\n"), args
 
 
 def test_any_other_os_error_is_a_bug_and_keeps_its_traceback() -> None:

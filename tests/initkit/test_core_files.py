@@ -19,6 +19,7 @@ from initkit.errors import InitkitError
 from initkit.files import (
     identity,
     identity_or_missing,
+    is_temp_name,
     reap_abandoned,
     remove_tree,
     replacing,
@@ -180,6 +181,14 @@ def test_names_that_only_look_like_leftovers_are_kept(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"")
     assert reap_abandoned(target) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+def test_temp_names_are_told_apart_from_entries(tmp_path: Path) -> None:
+    for target in (tmp_path / "vmlinux.elf", tmp_path / ("n" * 250), tmp_path / ".hidden"):
+        assert is_temp_name(temp_path(target).name), target
+    for name in ("vmlinux.elf", ".vmlinux.elf.tmp", ".x.123.tmp", ".x.1-2-3.tmpl", "x.1-2-3.tmp",
+                 "initkit-fetched.json", "tsc-khz-656f2135"):
+        assert not is_temp_name(name), name
 
 
 def test_scratch_dir_is_private_and_goes_away(tmp_path: Path) -> None:

@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from initbuilder.kernels.fetch import FetchedKernel
-from initkit.errors import ENVIRONMENT_EXIT, USER_ERROR_EXIT, EnvironmentFault, write_error
+from initkit.errors import (
+    ENVIRONMENT_EXIT,
+    USER_ERROR_EXIT,
+    EnvironmentFault,
+    WriteSite,
+    write_error,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 INITBUILDER = [sys.executable, "-m", "initbuilder"]
@@ -203,3 +209,50 @@ def test_faults_hard_to_cause_here_are_named_too(tmp_path: Path, code: int, caus
     assert str(exc).startswith(f"cannot write the note {tmp_path / 'f'}: {cause}")
     assert isinstance(exc, EnvironmentFault) == environment
     assert exc.exit_code == (ENVIRONMENT_EXIT if environment else USER_ERROR_EXIT)
+
+
+def test_a_program_stopped_by_the_machine_is_told_as_the_machine(tmp_path: Path) -> None:
+    """dpkg-deb's and tar's last lines hide the cause ("tar subprocess returned error
+    exit status 2"): their output naming it, in the C locale's words, is enough."""
+    site = WriteSite(tmp_path / "entry", "unpack the kernel package into",
+                     "set $INITKIT_CACHE to a directory elsewhere")
+    said = ("dpkg-deb (subprocess): cannot copy extracted data for './boot/vmlinuz': "
+            "failed to write (No space left on device)\n"
+            "dpkg-deb: error: tar subprocess returned error exit status 2")
+    fault = site.fault(said)
+    assert isinstance(fault, EnvironmentFault)
+    assert str(fault).startswith(f"cannot unpack the kernel package into {tmp_path / 'entry'}"
+                                 ": no space left on ")
+    assert str(fault).endswith("; free some space there, or set $INITKIT_CACHE to a "
+                               "directory elsewhere")
+    files = site.fault("make: *** Too many open files in system")
+    assert files is not None and "the system's limit" in str(files)
+    assert site.fault("tar: Unexpected EOF in archive") is None  # a bad input: its own words
+
+
+def test_a_failed_program_on_a_full_filesystem_says_so(tmp_path: Path) -> None:
+    code = """
+import subprocess, sys
+from initkit import process
+from initkit.errors import InitkitError, WriteSite
+try:
+    process.run(["sh", "-c", "exec 2>/dev/null; dd if=/dev/zero of=$0/big bs=64k count=8; exit 1",
+                 sys.argv[1]], writes=WriteSite(sys.argv[1], "fill", inside=True))
+except InitkitError as exc:
+    print(exc.exit_code, exc)
+"""
+    proc, _ = in_small_tmpfs(tmp_path / "full", [sys.executable, "-c", code,
+                                                 str(tmp_path / "full")], size="64k")
+    assert proc.stdout.strip() == (f"{ENVIRONMENT_EXIT} cannot fill {tmp_path / 'full'}: no "
+                                   f"space left on {tmp_path / 'full'} (tmpfs); free some "
+                                   "space there"), proc
+
+
+def test_reading_below_a_file_names_the_file(tmp_path: Path) -> None:
+    from initkit.errors import InitkitError, reading
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InitkitError) as caught, reading(tmp_path / "file" / "x.cpio", "initrd"):
+        (tmp_path / "file" / "x.cpio").read_bytes()
+    assert str(caught.value) == (f"initrd {tmp_path / 'file' / 'x.cpio'}: {tmp_path / 'file'} "
+                                 "is not a directory")

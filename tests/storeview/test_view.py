@@ -133,3 +133,47 @@ def test_without_root_the_view_is_links(tmp_path: Path) -> None:
         assert said.split() == ["None", "2"], said
     finally:
         shutil.rmtree(shared)
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_store_path_not_readable_is_named_as_read_not_as_writing_the_view(
+        what: str) -> None:
+    """A user who may not read part of a store path (linking it is refused too:
+    protected_hardlinks) is told which file of which path, not that the view could not
+    be written; an unreadable directory is never skipped quietly (os.walk would)."""
+    if os.geteuid() != 0:
+        missing_part("needs root to become another user")
+    shared = Path(tempfile.mkdtemp(prefix="initkit-view-"))
+    try:
+        shared.chmod(0o755)
+        view = sources(shared)
+        secret = shared / "src" / NAMES[0] / ("secret" if what == "file" else "private")
+        if what == "file":
+            secret.write_text("root's\n")
+            secret.chmod(0o600)
+        else:
+            secret.mkdir(mode=0o700)
+        (shared / "out").mkdir()
+        (shared / "out").chmod(0o777)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                build_view(view, shared / "out" / "view", mounts=False)
+                said = "built"
+            except BaseException as exc:
+                said = f"{type(exc).__name__}: {exc}"
+            finally:
+                os.write(write, said.encode())
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as f:
+            said = f.read()
+        os.waitpid(pid, 0)
+        assert said == (f"InitkitError: /nix/store/{NAMES[0]} (from test): cannot read "
+                        f"{secret}: Permission denied; a store path is served whole, so all "
+                        "of it must be readable for you"), said
+    finally:
+        shutil.rmtree(shared)
