@@ -185,6 +185,8 @@ def run_action(action: steps.Action, system: SystemInterface, *, debug: bool = F
         return _spawn(action, system, debug)
     if isinstance(action, steps.SwitchRoot):
         return _switch_root(action, system)
+    if isinstance(action, steps.Serve):
+        return _serve(action, system, debug)
     if isinstance(action, steps.Fail):
         system.say(action.message)
         return ExitStatus.exited(action.status)
@@ -217,6 +219,11 @@ def _spawn(action: steps.Spawn, system: SystemInterface, debug: bool) -> ExitSta
         pid = system.spawn(action.argv, action.env)
     except OSError as exc:
         return _exec_failure(action.argv[0], exc, system)
+    return _wait_for(pid, system, debug)
+
+
+def _wait_for(pid: int, system: SystemInterface, debug: bool) -> ExitStatus:
+    """Reap children until ``pid`` ends; its status."""
     while True:
         try:
             ended, status = system.wait_any()
@@ -227,6 +234,37 @@ def _spawn(action: steps.Spawn, system: SystemInterface, debug: bool) -> ExitSta
             return ExitStatus.from_wait(status)
         if debug:
             system.say(f"reaped orphan {ended} ({ExitStatus.from_wait(status)})")
+
+
+# Seconds the port may take to appear after virtio_console loaded (its probe and the
+# host's port announcement run after the module's init returned).
+PORT_WAIT = 10.0
+
+
+def _serve(action: steps.Serve, system: SystemInterface, debug: bool) -> ExitStatus:
+    """Run the agent on the control channel until it ends; reap orphans meanwhile.
+    The agent's status is the boot's: 0 after the host's shutdown."""
+    device = system.find_port(action.port, PORT_WAIT)
+    if device is None:
+        system.say(f"no virtio-serial port named {action.port!r} (under "
+                   "/sys/class/virtio-ports): is the virtio_console module in the initrd or "
+                   "built in, and did the host attach the port?")
+        return ExitStatus.exited(INIT_FAILED)
+    try:
+        pid = system.start_agent(device, _agent_main)
+    except OSError as exc:
+        system.say(f"cannot serve the control channel on {device}: {describe(exc)}")
+        return ExitStatus.exited(INIT_FAILED)
+    if debug:
+        system.say(f"serving the control channel on {device} (agent pid {pid})")
+    return _wait_for(pid, system, debug)
+
+
+def _agent_main(fd: int) -> int:
+    """The agent's entry, in the forked child: only a session pays for its imports."""
+    from guest import port
+
+    return port.main(fd)
 
 
 def _exec_failure(program: str, exc: OSError, system: SystemInterface) -> ExitStatus:

@@ -31,8 +31,11 @@ NONCE_KEY = "initkit.nonce"
 NOECHO_KEY = "initkit.noecho"  # the host's input is a pipe: the console must not echo it
 DEBUG_KEY = "initkit.debug"
 TEST_STORE_KEY = "initkit.test.store"  # test only: bind this directory on STORE instead
+# Serve the control channel (guest/agent.py) on the virtio-serial port of this name. The
+# action when no key of ACTION_KEYS is present: the host then drives the guest over it.
+CHANNEL_KEY = "initkit.channel"
 KNOWN_KEYS = frozenset((*ACTION_KEYS, TAG_KEY, NONCE_KEY, NOECHO_KEY, DEBUG_KEY,
-                        TEST_STORE_KEY))
+                        TEST_STORE_KEY, CHANNEL_KEY))
 # Keys under these prefixes belong to the contract: an unknown one is a typo to warn about.
 KEY_PREFIXES = ("tvix.", "initkit.")
 # x86's COMMAND_LINE_SIZE (2048) less its NUL. QEMU and the kernel cut a longer line
@@ -48,6 +51,11 @@ def exec_argv(value: str) -> tuple[str, ...]:
 # -- what the initrd and the host provide -----------------------------------------------
 DEFAULT_TAG = "tvix"  # the virtiofs tag the host attaches the store with
 STORE = "/nix/store"  # where the guest mounts it
+# The virtio-serial port hostrun attaches the control channel as (its name= property).
+CHANNEL_PORT = "org.initkit.control"
+# Where the kernel lists virtio-serial ports: <dir>/vportNpM/name holds the port's name,
+# and devtmpfs has its device as /dev/vportNpM.
+VIRTIO_PORTS = "/sys/class/virtio-ports"
 # The kernel modules to load, in order (initbuilder/modules.py writes it).
 MODULE_LIST = "/etc/initkit/modules"
 # Busybox applet paths the init links to BUSYBOX at boot (initbuilder writes the list

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Protocol
 else:
     Protocol = object
@@ -84,6 +84,14 @@ class SystemInterface(Protocol):
 
     def spawn(self, argv: tuple[str, ...], env: dict[str, str]) -> int:
         """Start ``argv`` in a new session on the console; its pid once exec succeeded."""
+
+    def find_port(self, name: str, wait: float) -> str | None:
+        """The device of the virtio-serial port called ``name`` (waiting up to ``wait``
+        s for it to appear), or None."""
+
+    def start_agent(self, device: str, serve: Callable[[int], int]) -> int:
+        """Fork a child that runs ``serve`` on ``device``'s fd (the control channel's
+        agent) and exits with its value; its pid."""
 
     def wait_any(self) -> tuple[int, int]:
         """Block until some child ends: (pid, wait status). ChildProcessError if none."""

@@ -7,6 +7,9 @@ TCG, and PID 1 needs none of its Python layer but these few functions.
 from __future__ import annotations
 
 import posix
+import time
+
+from guest.contract import CHANNEL_PORT, VIRTIO_PORTS
 
 S_IFMT, S_IFDIR, S_IFCHR = 0o170000, 0o040000, 0o020000  # st_mode's file type (stat.h)
 
@@ -77,3 +80,26 @@ def execvpe(file: str, args: list[str], env: dict[str, str]) -> None:
 
         error = FileNotFoundError(errno.ENOENT, posix.strerror(errno.ENOENT), file)
     raise error
+
+
+def find_port(name: str = CHANNEL_PORT, *, sysfs: str = VIRTIO_PORTS, dev: str = "/dev",
+              timeout: float = 5.0) -> str | None:
+    """The device node of the port called ``name``, waiting up to ``timeout`` seconds
+    for it to be announced; None if no such port appears."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ports = sorted(posix.listdir(sysfs))
+        except FileNotFoundError:
+            ports = []
+        for port in ports:
+            try:
+                with open(f"{sysfs}/{port}/name", "rb") as f:
+                    found = f.read().strip()
+            except FileNotFoundError:
+                continue  # announced, not named yet
+            if found == name.encode():
+                return f"{dev}/{port}"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.002)

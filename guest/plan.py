@@ -145,6 +145,16 @@ class SwitchRoot(_Record):
         self.env = env
 
 
+class Serve(_Record):
+    """Serve the control channel on the virtio-serial port ``port`` until the host says
+    shutdown (guest/agent.py, in a forked child)."""
+
+    __slots__ = ("port",)
+
+    def __init__(self, port: str) -> None:
+        self.port = port
+
+
 class Fail(_Record):
     """Nothing to run: print ``message`` and report ``status``."""
 
@@ -156,7 +166,7 @@ class Fail(_Record):
 
 
 Step = Mount | Console | Symlink | LinkAll | LoadModule | MakeDir
-Action = ListTree | Spawn | SwitchRoot | Fail
+Action = ListTree | Spawn | SwitchRoot | Serve | Fail
 
 
 class Plan(_Record):
@@ -281,5 +291,11 @@ def _action(cmdline: Cmdline, shell: tuple[str, ...] | None,
             return Fail("init= names no program; give init=/nix/store/...-nixos-system-.../init",
                         contract.USAGE)
         return SwitchRoot(NEW_ROOT, (value, *cmdline.init_args()), environ)
+    port = cmdline.value(contract.CHANNEL_KEY)
+    if key is None and port is not None:
+        if not port.strip():
+            return Fail(f"{contract.CHANNEL_KEY} names no port; give "
+                        f"{contract.CHANNEL_KEY}={contract.CHANNEL_PORT}", contract.USAGE)
+        return Serve(port)
     return Fail("no action on the kernel command line (tvix.find, tvix.shell, tvix.exec=, "
                 "tvix.run=, init=); nothing to do", contract.USAGE)

@@ -13,40 +13,17 @@ POLLHUP without any other event, hence the polling in wait_for_host.
 
 from __future__ import annotations
 
-import posix
 import select
 import time
 
 from guest.agent import SHUTDOWN, Agent
+from guest.contract import CHANNEL_PORT, VIRTIO_PORTS
+from guest.osfuncs import find_port as find_port  # this module's interface too
 from guest.system import System
 
-SYSFS = "/sys/class/virtio-ports"
-PORT_NAME = "org.initkit.ctl"  # the name hostrun gives the port (virtserialport name=)
-FIND_SECONDS = 5.0
+SYSFS = VIRTIO_PORTS
+PORT_NAME = CHANNEL_PORT  # the name hostrun gives the port (virtserialport name=)
 HOST_POLL_SECONDS = 0.02
-
-
-def find_port(name: str = PORT_NAME, *, sysfs: str = SYSFS, dev: str = "/dev",
-              timeout: float = FIND_SECONDS) -> str | None:
-    """The device node of the port called ``name``, waiting up to ``timeout`` seconds
-    for it to be announced; None if no such port appears."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ports = sorted(posix.listdir(sysfs))
-        except FileNotFoundError:
-            ports = []
-        for port in ports:
-            try:
-                with open(f"{sysfs}/{port}/name", "rb") as f:
-                    found = f.read().strip()
-            except FileNotFoundError:
-                continue  # announced, not named yet
-            if found == name.encode():
-                return f"{dev}/{port}"
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.002)
 
 
 def wait_for_host(fd: int, *, timeout: float | None = None,

@@ -23,6 +23,7 @@ from guest.osfuncs import (
     S_IFDIR,
     S_IFMT,
     execvpe,
+    find_port,
     fsdecode,
     fsencode,
     lexists,
@@ -32,7 +33,7 @@ from guest.osfuncs import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which is slow at boot
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 # reboot(2) commands (linux/reboot.h).
 RB_POWER_OFF = 0x4321FEDC
@@ -350,6 +351,47 @@ class System:
         reparented to it instead of PID 1 (the agent reaps and reports them)."""
         if self._prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             _raise_errno(self._get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+    @staticmethod
+    def find_port(name: str, wait: float) -> str | None:
+        """The device of the virtio-serial port called ``name``: the kernel names its
+        ports after virtio_console has probed them, which may be after the module load
+        returned, and devtmpfs makes the node after that, so look again for ``wait``
+        seconds."""
+        deadline = time.monotonic() + wait
+        device = find_port(name, timeout=wait)
+        while device is not None and not lexists(device):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+        return device
+
+    @staticmethod
+    def start_agent(device: str, serve: Callable[[int], int]) -> int:
+        """Fork a child that runs ``serve(fd)`` (the agent, guest/agent.py) on ``device``
+        in a session of its own and exits with its value: PID 1 stays free to reap and
+        to power off, and the agent's own failure is a status PID 1 reports instead of
+        a dead init."""
+        fd = posix.open(device, posix.O_RDWR | posix.O_NOCTTY | posix.O_CLOEXEC)
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        pid = posix.fork()
+        if pid == 0:  # the child: nothing in here may return into the parent's code
+            code = 1
+            try:
+                posix.setsid()
+                code = serve(fd)
+            except BaseException as exc:  # reported, then the child ends
+                try:  # contextlib costs an import
+                    sys.stderr.write(f"initkit agent: {exc!r}\n")
+                    sys.stderr.flush()
+                except BaseException:
+                    pass
+            finally:
+                posix._exit(code)
+        posix.close(fd)
+        return pid
 
     @staticmethod
     def wait_any() -> tuple[int, int]:

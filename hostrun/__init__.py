@@ -1,6 +1,7 @@
 """hostrun: boot a kernel + initrd in a micro-VM whose /nix/store is a virtiofs share.
 
-The public Python API is hostrun.api, re-exported here: ``from hostrun import VmRunner``.
+The public Python API is hostrun.api, re-exported here: ``from hostrun import VmRunner``
+(one boot, one action) or ``Machine`` (one boot, many commands over the control channel).
 Importing this package is cheap and has no side effects (the pytest plugin relies on it):
 the names load on first use, and neither click nor pytest ever does.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 TYPE_CHECKING = False  # not typing's: this package's import stays free
 if TYPE_CHECKING:
     from guest.contract import ExitStatus
-    from hostrun.api import VmResult, VmRunner
+    from hostrun.api import BootFailed, CommandFailed, Machine, VmResult, VmRunner
+    from hostrun.channel import ChannelError, ExecResult
 
-__all__ = ["ExitStatus", "VmResult", "VmRunner"]
+__all__ = ["BootFailed", "ChannelError", "CommandFailed", "ExecResult", "ExitStatus", "Machine",
+           "VmResult", "VmRunner"]
 
 
 def __getattr__(name: str) -> object:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -58,9 +59,12 @@ HOSTRUN_KERNEL (default --kernel), HOSTRUN_ACCEL (default --accel), INITKIT_CACH
 @click.option("--shell", is_flag=True,
               help="A shell in the guest; on a terminal keys go to it raw (Ctrl-] leaves).")
 @click.option("--exec", "exec_path", metavar="PATH",
-              help="Run PATH with the ARGs that follow (tvix.exec). Put -- before ARGs that "
-                   "start with a dash.")
-@click.option("--run", "run_cmd", metavar="CMD", help="Run CMD with /bin/sh -c (tvix.run).")
+              help="Run PATH with the ARGs that follow. Put -- before ARGs that start with "
+                   "a dash. With hostrun's own initrd (no --initrd) over the control "
+                   "channel: any bytes, the program's stderr on hostrun's stderr; else "
+                   "tvix.exec on the kernel command line.")
+@click.option("--run", "run_cmd", metavar="CMD",
+              help="Run CMD with /bin/sh -c (over the channel as --exec, else tvix.run).")
 @click.option("--init", "init_path", metavar="PATH",
               help="Hand PID 1 to PATH from the store (init=).")
 @click.option("--cpus", type=int, help=f"vCPUs (default: ${ENV_CPUS}, else 1).")
@@ -114,14 +118,23 @@ def main(kernel: Path | None, initrd: Path | None, store: Path, closure: tuple[s
             raise InitkitError("nothing to do: pass --find, --shell, --exec PATH, --run CMD "
                                "or --init PATH (or put tvix.* in --cmdline / CH_CMDLINE)")
         shell = key == contract.SHELL_KEY  # the seed's way: CH_CMDLINE=tvix.shell is a shell
+    # --exec and --run go over the control channel when the initrd is hostrun's own
+    # (it serves one); a given --initrd may have no agent (--no-init, a foreign init),
+    # and CH_CMDLINE's tvix.* words keep the console path.
+    channel = chosen is not None and chosen.kind in ("exec", "run") and initrd is None
     request = Request(
-        kernel=kernel, initrd=initrd, store=store, action=chosen,
+        kernel=kernel, initrd=initrd, store=store, action=chosen, over_channel=channel,
         cpus=cpus if cpus is not None else _env_int(ENV_CPUS, 1),
         memory_mib=parse_memory(memory or os.environ.get(ENV_MEMORY) or "512M"),
         extra_cmdline=extra, timeout=timeout, vmm=vmm, accel=accel, daemon=daemon,
         verbose=verbose > 0, closure=list(closure), substituters=list(substituters),
     )
     spec = plan(request)
+    if channel:
+        from hostrun.oneshot import run_over_channel
+
+        assert chosen is not None
+        _leave(run_over_channel(spec, chosen, timeout))
     stdin_tty = os.isatty(0)
     interactive = shell and stdin_tty
     # A terminal's input goes to the guest only for --shell (elsewhere the host's echo
@@ -132,14 +145,18 @@ def main(kernel: Path | None, initrd: Path | None, store: Path, closure: tuple[s
         if interactive:
             sys.stderr.write("\r\n")
         sys.stderr.write(f"hostrun: {outcome.error}\n")
+    _leave(outcome.code)
+
+
+def _leave(code: int) -> NoReturn:
     if _as_program:
         # Everything hostrun started is stopped and removed by now; what is left is the
         # interpreter tearing down its modules, ~13 ms of every run's wall time.
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError):  # a closed pipe: nothing left to tell
                 stream.flush()
-        os._exit(outcome.code)
-    sys.exit(outcome.code)
+        os._exit(code)
+    sys.exit(code)
 
 
 _as_program = False  # set by entry(): main() may also run in-process (click's CliRunner)

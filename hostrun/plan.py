@@ -61,6 +61,9 @@ class Request:
     # from), paths missing there from these file:// binary caches, in order.
     closure: list[str] = field(default_factory=list)
     substituters: list[str] = field(default_factory=list)
+    # The action goes over the control channel (hostrun/oneshot.py), not on the kernel
+    # command line: the RunSpec has none, and its words need not fit the command line.
+    over_channel: bool = False
 
 
 def plan(request: Request) -> RunSpec:
@@ -72,8 +75,9 @@ def plan(request: Request) -> RunSpec:
     silence = _silence_notice(request.silence_notice)  # a bad value fails before any work
     # The action and --cmdline as the guest will read them, before any work (the whole
     # line, with the VMM's own words, is checked again at boot).
+    action = None if request.over_channel else request.action
     kernel_cmdline(defaults=[], nonce="0" * contract.NONCE_LENGTH, verbose=request.verbose,
-                   action=request.action, extra=request.extra_cmdline, echo=False,
+                   action=action, extra=request.extra_cmdline, echo=False,
                    tag=request.fs_tag)
     kernel = find_kernel(request.kernel)
     store = request.store.resolve()
@@ -91,7 +95,7 @@ def plan(request: Request) -> RunSpec:
         initrd = default_initrd(kernel, files=request.initrd_files)
     return RunSpec(
         kernel=kernel_for(vmm, kernel), initrd=initrd, vmm=vmm, daemon=daemon, accel=accel,
-        action=request.action, cpus=request.cpus, memory_mib=request.memory_mib,
+        action=action, cpus=request.cpus, memory_mib=request.memory_mib,
         extra_cmdline=request.extra_cmdline, timeout=request.timeout,
         verbose=request.verbose, fs_tag=request.fs_tag,
         silence_notice=silence, store_view=store_view,

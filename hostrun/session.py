@@ -88,6 +88,18 @@ class Outcome:
 
 
 Sink = Callable[[bytes], None]
+CHANNEL_SOCKET = "ctl.sock"  # in the private dir: the control channel's socket
+
+
+@dataclass
+class Control:
+    """A run driven over the control channel from another thread (hostrun.api.Machine):
+    the guest serves the channel instead of doing an action. ``booted`` is called with
+    the channel's socket each time a VMM has started (again after an early-death retry);
+    ``stop`` is an fd whose becoming readable stops the VM at once."""
+
+    booted: Callable[[Path], None]
+    stop: int
 
 
 def write_stdout(data: bytes) -> None:
@@ -99,15 +111,18 @@ def write_stdout(data: bytes) -> None:
 
 
 def run(spec: RunSpec, *, sink: Sink = write_stdout, stdin: int | bytes | None = None,
-        interactive: bool = False, live: bool = False) -> Outcome:
+        interactive: bool = False, live: bool = False,
+        control: Control | None = None) -> Outcome:
     """Boot ``spec`` and relay its console to ``sink`` until the guest is done.
 
     ``stdin``: an fd to relay to the guest (its end sends ^D), bytes to send, or None.
     ``interactive``: ``stdin`` is a terminal to put in raw mode (--shell); its
     output keeps the guest's "\\r\\n" and Ctrl-] stops the VM. ``live``: the sink is
     a terminal, so bytes held to be classified are shown after a short idle time.
+    ``control``: attach the control channel and let its caller drive the guest; the run
+    ends when the guest powers off (after the channel's shutdown) or ``control.stop``.
     """
-    return _Run(spec, sink, stdin, interactive, live).run()
+    return _Run(spec, sink, stdin, interactive, live, control).run()
 
 
 def _no_input(stdin: int | bytes | None) -> bool:
@@ -127,8 +142,10 @@ def _no_input(stdin: int | bytes | None) -> bool:
 
 class _Run:
     def __init__(self, spec: RunSpec, sink: Sink, stdin: int | bytes | None,
-                 interactive: bool, live: bool) -> None:
+                 interactive: bool, live: bool, control: Control | None = None) -> None:
         self.spec = spec
+        self.control = control
+        self.stopped = False  # control.stop became readable
         self.live = live
         self.sink = sink
         self.stdin = stdin
@@ -200,13 +217,20 @@ class _Run:
             spec.daemon.wait_ready()
         except DaemonFailed as exc:
             return Outcome(ExitCode.DAEMON_FAILED, error=str(exc))
-        if self.signals:  # stopped while the daemon was starting: boot nothing
+        if self.control is not None and _readable(self.control.stop):
+            self.stopped = True
+        if self.signals or self.stopped:  # stopped while the daemon was starting
             return Outcome(self._interrupt_code(), error="interrupted",
-                           host_signal=self.signals[0])
+                           host_signal=self.signals[0] if self.signals else None)
         assert spec.daemon.socket_path is not None
+        extra = spec.extra_cmdline
+        channel = None
+        if self.control is not None:
+            channel = workdir / CHANNEL_SOCKET
+            extra = f"{extra} {contract.CHANNEL_KEY}={contract.CHANNEL_PORT}".strip()
         cmdline = kernel_cmdline(defaults=spec.vmm.cmdline_defaults(spec.accel),
                                  nonce=self.nonce, verbose=spec.verbose, action=spec.action,
-                                 extra=spec.extra_cmdline,
+                                 extra=extra,
                                  echo=self.interactive or _no_input(self.stdin),
                                  tag=spec.fs_tag)
         config = BootConfig(
@@ -214,7 +238,7 @@ class _Run:
             fs_socket=spec.daemon.socket_path, cpus=spec.cpus, memory_mib=spec.memory_mib,
             fs_tag=spec.fs_tag,
             fs_queues=request_queues(spec.cpus, spec.daemon.max_request_queues),
-            accel=spec.accel,
+            accel=spec.accel, channel_socket=channel,
         )
         argv = self.argv = spec.vmm.argv(config)
         log.info("booting: %s", shlex.join(argv))
@@ -229,6 +253,8 @@ class _Run:
             return Outcome(ExitCode.VMM_FAILED, argv=argv, error=str(exc))
         finally:
             errfile.close()
+        if self.control is not None and channel is not None:
+            self.control.booted(channel)
         if not self.reaped:  # while the guest boots: left by hostruns killed with SIGKILL
             self.reaped = True
             for stale in reap_abandoned(str(workdir.parent)):
@@ -260,6 +286,8 @@ class _Run:
             sel.register(fd, selectors.EVENT_READ, "exit")
         if wakeup is not None:
             sel.register(wakeup, selectors.EVENT_READ, "signal")
+        if self.control is not None:
+            sel.register(self.control.stop, selectors.EVENT_READ, "stop")
         polling = len(pidfds) < (2 if daemon else 1)  # no pidfd: poll the processes
         now = time.monotonic()
         timers = _Timers(deadline=now + self.spec.timeout if self.spec.timeout else None)
@@ -272,7 +300,7 @@ class _Run:
         try:
             while True:
                 now = time.monotonic()
-                if self.signals or relay.escaped:
+                if self.signals or relay.escaped or self.stopped:
                     self.escaped = relay.escaped
                     return Outcome(self._interrupt_code(),
                                    host_signal=self.signals[0] if self.signals else None)
@@ -326,6 +354,8 @@ class _Run:
                         sel.unregister(key.fd)
                     elif key.data == "signal":
                         read_some(key.fd)
+                    elif key.data == "stop":
+                        self.stopped = True
                 if idle and time.monotonic() - last_data >= IDLE_FLUSH:
                     self._emit(console_filter.flush())
         finally:
@@ -447,6 +477,12 @@ class _Timers:
         """Seconds until the earliest deadline (None: none is set)."""
         times = [*self._at.values(), *(t for t in extra if t is not None)]
         return max(0.0, min(times) - now) if times else None
+
+
+def _readable(fd: int) -> bool:
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        return bool(sel.select(0))
 
 
 def _pidfd(pid: int) -> int | None:

@@ -45,6 +45,9 @@ class BootConfig:
     fs_tag: str = contract.DEFAULT_TAG
     fs_queues: int = 1  # request queues, already limited (see request_queues)
     accel: str = "tcg"  # QEMU only: "kvm" or "tcg"
+    # The control channel (hostrun/channel.py): a unix socket the VMM listens on, wired
+    # to a virtio-serial port named contract.CHANNEL_PORT; None: no channel.
+    channel_socket: Path | None = None
 
 
 def request_queues(cpus: int, daemon_max: int) -> int:
@@ -142,7 +145,9 @@ class CloudHypervisor(Vmm):
             self.binary,
             "--cpus", f"boot={config.cpus}",
             "--memory", f"mergeable=on,shared=on,size={config.memory_mib}M",
-            "--console", "off",
+            # The control channel rides the virtio-console device when asked for.
+            "--console", (f"socket={config.channel_socket}" if config.channel_socket
+                          else "off"),
             "--serial", "tty",
             "--kernel", str(config.kernel),
             "--initramfs", str(config.initrd),
@@ -224,4 +229,18 @@ class Qemu(Vmm):
             # The serial console on QEMU's own stdin/stdout; signal=off leaves ^C to hostrun.
             "-chardev", "stdio,id=con,signal=off",
             "-serial", "chardev:con",
+            *self._channel(config),
+        ]
+
+    @staticmethod
+    def _channel(config: BootConfig) -> list[str]:
+        """The control channel: a virtio-serial port on virtio-mmio whose other end is a
+        socket QEMU listens on (wait=off: the guest boots whether or not hostrun has
+        connected yet; what hostrun sends waits in the socket until the port opens)."""
+        if config.channel_socket is None:
+            return []
+        return [
+            "-device", "virtio-serial-device",
+            "-chardev", f"socket,id=ctl,path={config.channel_socket},server=on,wait=off",
+            "-device", f"virtserialport,chardev=ctl,name={contract.CHANNEL_PORT}",
         ]

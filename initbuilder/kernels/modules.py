@@ -36,6 +36,10 @@ log = logging.getLogger("initkit.modules")
 
 # virtiofs itself, and both transports QEMU and cloud-hypervisor may offer it on.
 DEFAULT_MODULES: tuple[str, ...] = ("virtiofs", "virtio_mmio", "virtio_pci")
+# Added to the default set where the kernel has them: virtio_console carries the control
+# channel (hostrun's sessions, docs/guest.md). A kernel without it still boots every
+# other kind of run, so its absence is no error.
+CHANNEL_MODULES: tuple[str, ...] = ("virtio_console",)
 LOAD_LIST = contract.MODULE_LIST  # what the guest init loads, in order
 _ALIAS_CANDIDATE = re.compile(rb"alias=([^\0]*)\0")
 
@@ -357,11 +361,14 @@ def add_modules(
     modules_dir: Path | None = None,
     names: Sequence[str] | None = None,
 ) -> list[str]:
-    """Add the closure of ``names`` (default: the virtiofs set), decompressed, under
+    """Add the closure of ``names`` (default: the virtiofs set and, where the kernel has
+    them, CHANNEL_MODULES), decompressed, under
     /lib/modules/VERSION/ and the load list /etc/initkit/modules; return the load list.
     When every one is built into the kernel, nothing is added."""
     tree = find_tree(kernel, modules_dir)
-    resolution = resolve(tree, DEFAULT_MODULES if names is None else names)
+    if names is None:
+        names = (*DEFAULT_MODULES, *(n for n in CHANNEL_MODULES if tree.lookup(n)))
+    resolution = resolve(tree, names)
     paths = load_list(tree, resolution.load_order)
     if not paths:
         # A kernel with everything built in (initbuilder kernel build): no module step at

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ class FakeSystem:
         self.spawn_errno: int | None = None
         self.execve_errno: int | None = errno.ENOENT
         self.child_pid = 100
+        self.ports: dict[str, str] = {}  # virtio-serial port name -> device
+        self.agent_errno: int | None = None
         # What wait_any returns, in order: (pid, status) or an exception to raise.
         self.waits: list[tuple[int, int] | BaseException] = []
         self.tree: list[tuple[bytes, OSError | None]] = []
@@ -122,6 +124,16 @@ class FakeSystem:
         self._record("spawn", argv, env)
         if self.spawn_errno is not None:
             raise OSError(self.spawn_errno, os.strerror(self.spawn_errno), argv[0])
+        return self.child_pid
+
+    def find_port(self, name: str, wait: float) -> str | None:
+        self._record("find_port", name, wait)
+        return self.ports.get(name)
+
+    def start_agent(self, device: str, serve: Callable[[int], int]) -> int:
+        self._record("start_agent", device)
+        if self.agent_errno is not None:
+            raise OSError(self.agent_errno, os.strerror(self.agent_errno), device)
         return self.child_pid
 
     def wait_any(self) -> tuple[int, int]:

@@ -303,3 +303,28 @@ def test_no_ready_record_when_the_boot_failed_before_the_action(fake: FakeSystem
     fake.mount_errors["/nix/store"] = errno.ENODEV
     booted(fake, "tvix.exec=/nix/store/x")
     assert b"ready" not in bytes(fake.out)
+
+
+def test_channel_serves_the_agent_and_reaps_until_it_ends(fake: FakeSystem) -> None:
+    fake.ports = {contract.CHANNEL_PORT: "/dev/vport0p1"}
+    fake.waits = [(300, wait_status_exit(0)), (100, wait_status_exit(0))]
+    outcome = booted(fake, f"{contract.CHANNEL_KEY}={contract.CHANNEL_PORT}")
+    assert outcome.status == ExitStatus.exited(0)
+    assert ("start_agent", ("/dev/vport0p1",)) in fake.calls
+    assert fake.names().count("wait_any") == 2
+    assert fake.names().index("start_agent") > fake.names().index("mount")
+
+
+def test_channel_without_its_port_is_125_with_the_module_named(fake: FakeSystem) -> None:
+    outcome = booted(fake, f"{contract.CHANNEL_KEY}={contract.CHANNEL_PORT}")
+    assert outcome.status == ExitStatus.exited(contract.INIT_FAILED)
+    assert "start_agent" not in fake.names()
+    assert any("virtio_console" in s and contract.CHANNEL_PORT in s for s in fake.said)
+
+
+def test_channel_device_that_does_not_open_is_125(fake: FakeSystem) -> None:
+    fake.ports = {contract.CHANNEL_PORT: "/dev/vport0p1"}
+    fake.agent_errno = errno.EBUSY
+    outcome = booted(fake, f"{contract.CHANNEL_KEY}={contract.CHANNEL_PORT}")
+    assert outcome.status == ExitStatus.exited(contract.INIT_FAILED)
+    assert any("/dev/vport0p1" in s and "EBUSY" in s for s in fake.said)

@@ -216,3 +216,19 @@ def test_steps_compare_by_value() -> None:
     assert p.LoadModule("/a") != p.MakeDir("/a")
     assert hash(p.LoadModule("/a")) == hash(p.LoadModule("/a"))
     assert repr(p.LoadModule("/a")) == "LoadModule(path='/a')"
+
+
+def test_channel_key_alone_is_the_serve_action() -> None:
+    plan = make(f"{contract.CHANNEL_KEY}=port.x")
+    assert plan.action == p.Serve("port.x")
+    assert not plan.warnings
+
+
+def test_an_action_key_beats_the_channel() -> None:
+    plan = make(f"{contract.CHANNEL_KEY}=port.x tvix.exec={HELLO}")
+    assert isinstance(plan.action, p.Spawn)
+
+
+def test_channel_key_without_a_port_is_usage() -> None:
+    plan = make(f"{contract.CHANNEL_KEY}=")
+    assert isinstance(plan.action, p.Fail) and plan.action.status == USAGE

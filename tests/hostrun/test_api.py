@@ -20,6 +20,7 @@ from initkit.errors import InitkitError
 
 def test_the_package_gives_the_api_without_click_or_pytest() -> None:
     code = ("import sys, hostrun; hostrun.VmRunner, hostrun.VmResult, hostrun.ExitStatus; "
+            "hostrun.Machine, hostrun.CommandFailed, hostrun.ChannelError; "
             "print(sorted(m for m in ('click', 'pytest', '_pytest') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
@@ -29,6 +30,7 @@ def test_the_package_gives_the_api_without_click_or_pytest() -> None:
 def test_the_package_names_are_the_api_s() -> None:
     assert hostrun.VmRunner is api.VmRunner and hostrun.VmResult is api.VmResult
     assert hostrun.ExitStatus is ExitStatus
+    assert hostrun.Machine is api.Machine and hostrun.CommandFailed is api.CommandFailed
     with pytest.raises(AttributeError):
         hostrun.Nothing  # noqa: B018
 
@@ -77,3 +79,26 @@ def test_result_describes_itself() -> None:
     result = api.VmResult(137, b"partial\n", ExitStatus.killed(9), None, ("qemu",))
     assert result.status is not None and result.status.signal == 9
     assert result.describe() == "exit code 137\n--- console ---\npartial\n"
+
+
+def test_machine_takes_hostrun_s_choices_with_the_same_errors(
+        requests: list[plan.Request]) -> None:
+    with pytest.raises(InitkitError, match="stop here"):
+        api.Machine(store="/some/store", kernel="minimal", cpus=2, memory="1G",
+                    cmdline="loglevel=3 tvix.find", vmm="qemu", accel="tcg")
+    (request,) = requests
+    assert request.action is None and request.extra_cmdline == "loglevel=3"
+    assert (request.kernel, request.store, request.cpus, request.memory_mib) == (
+        Path("minimal"), Path("/some/store"), 2, 1024)
+    with pytest.raises(InitkitError, match="memory size"):
+        api.Machine(memory="lots")
+
+
+def test_a_failed_expectation_shows_the_command_status_and_both_streams() -> None:
+    from hostrun.channel import ExecResult
+
+    result = ExecResult(argv=(b"/bin/sh", b"-c", b"exit 3"), returncode=3, stdout=b"out",
+                        stderr=b"err\n", duration=0.1)
+    text = api.describe_result("expected success", result)
+    assert text == ("expected success: ['/bin/sh' '-c' 'exit 3'] ended with exit status 3\n"
+                    "--- stdout ---\nout\n--- stderr ---\nerr\n")

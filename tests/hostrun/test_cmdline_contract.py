@@ -162,12 +162,23 @@ def test_a_tag_other_than_the_default_is_passed_on() -> None:
 
 
 def test_the_cli_refuses_before_any_work() -> None:
-    """No kernel, no store: the command line is the first thing checked."""
+    """No kernel, no store: the command line is the first thing checked (a given
+    --initrd may serve no control channel, so --run rides the kernel command line)."""
     result = CliRunner().invoke(cli.main, ["--kernel", "/nonexistent", "--store",
-                                           "/nonexistent", "--run", 'echo "a'])
+                                           "/nonexistent", "--initrd", "/nonexistent",
+                                           "--run", 'echo "a'])
     assert result.exit_code == ExitCode.USER_ERROR
     assert "--run value" in result.output and "double quotes" in result.output
     assert "Traceback" not in result.output
+
+
+def test_over_the_channel_any_command_passes_the_command_line_check() -> None:
+    """hostrun's own initrd: --run goes over the channel, so quotes are no longer refused;
+    the next check (the kernel) is what stops this one."""
+    result = CliRunner().invoke(cli.main, ["--kernel", "/nonexistent", "--store",
+                                           "/nonexistent", "--run", 'echo "a'])
+    assert result.exit_code == ExitCode.USER_ERROR
+    assert "--kernel /nonexistent" in result.output, result.output
 
 
 def test_an_action_the_guest_would_not_see_is_nothing_to_do() -> None:

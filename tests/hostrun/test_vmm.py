@@ -139,3 +139,29 @@ def test_qemu_accepts_the_argv(qemu_binary: str) -> None:
     proc = subprocess.run(argv, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     assert proc.returncode != 0
     assert b"/nonexistent" in proc.stderr, proc.stderr
+
+
+def test_qemu_channel_is_a_named_virtio_serial_port_on_a_listening_socket() -> None:
+    from guest import contract
+
+    argv = Qemu(binary="qemu").argv(config(accel="tcg", channel_socket=Path("/run/x/ctl.sock")))
+    devices = option_values(argv, "-device")
+    assert "virtio-serial-device" in devices
+    assert f"virtserialport,chardev=ctl,name={contract.CHANNEL_PORT}" in devices
+    assert "socket,id=ctl,path=/run/x/ctl.sock,server=on,wait=off" in option_values(
+        argv, "-chardev")
+    # The bus comes before the port that sits on it.
+    assert devices.index("virtio-serial-device") < devices.index(
+        f"virtserialport,chardev=ctl,name={contract.CHANNEL_PORT}")
+
+
+def test_qemu_without_a_channel_has_no_serial_port() -> None:
+    argv = Qemu(binary="qemu").argv(config(accel="tcg"))
+    assert not any("virtserial" in word or "virtio-serial" in word for word in argv)
+
+
+def test_cloud_hypervisor_channel_rides_its_console_socket() -> None:
+    argv = CloudHypervisor(binary="ch").argv(config(channel_socket=Path("/run/x/ctl.sock")))
+    assert option_values(argv, "--console") == ["socket=/run/x/ctl.sock"]
+    assert option_values(CloudHypervisor(binary="ch").argv(config()), "--console") == ["off"]
+
