@@ -293,6 +293,9 @@ class Machine:
                                        name="the guest")
             except ChannelError:
                 if not self._booted_again(tried):
+                    if not self._thread.is_alive():  # the VM ended first: say how
+                        raise BootFailed(self._ended(), self._describe_failure(),
+                                         self._outcome) from None
                     raise
 
     def _booted_again(self, boots: int) -> bool:

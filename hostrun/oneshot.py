@@ -67,7 +67,13 @@ def run_over_channel(spec: RunSpec, action: Action, timeout: float | None) -> in
         with machine:
             left = None if timeout is None else max(0.001, timeout - (time.monotonic()
                                                                       - started))
-            return _command(machine, argv_of(action), left)
+            code = _command(machine, argv_of(action), left)
+        if code is None:  # the channel broke: the session, now ended, knows why
+            outcome = machine.outcome
+            if outcome is not None and outcome.code in _HOST_FAILURES:
+                return outcome.code
+            return ExitCode.NO_STATUS
+        return code
     except KeyboardInterrupt:
         sys.stderr.write("hostrun: interrupted; stopped the VM\n")
         return ExitCode.INTERRUPTED
@@ -79,7 +85,13 @@ def run_over_channel(spec: RunSpec, action: Action, timeout: float | None) -> in
             signal.signal(signum, previous)
 
 
-def _command(machine: Machine, argv: list[str], timeout: float | None) -> int:
+# Ends of a session that break its channel and that hostrun reports with codes of their
+# own, as on the console path: the daemon died (121), the VMM died (122).
+_HOST_FAILURES = (ExitCode.DAEMON_FAILED, ExitCode.VMM_FAILED)
+
+
+def _command(machine: Machine, argv: list[str], timeout: float | None) -> int | None:
+    """The program's exit code, or None if the channel broke before it ended."""
     from hostrun.channel import ChannelError
 
     assert machine.channel is not None
@@ -94,7 +106,7 @@ def _command(machine: Machine, argv: list[str], timeout: float | None) -> int:
         result = execution.wait()
     except ChannelError as exc:
         sys.stderr.write(f"hostrun: {exc}\n")
-        return ExitCode.NO_STATUS
+        return None
     if result.timed_out:
         sys.stderr.write(f"hostrun: the program did not finish within --timeout "
                          f"{timeout:g} s; killed it and stopped the VM\n")

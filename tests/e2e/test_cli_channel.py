@@ -96,3 +96,22 @@ def test_a_daemon_that_dies_at_start_is_121_as_on_the_console_path(hostrun_cli: 
     assert run.finish() == ExitCode.DAEMON_FAILED, run.stderr
     assert f"cannot serve {store.root}".encode() in run.stderr
     run.assert_nothing_left()
+
+
+@pytest.mark.parametrize(("victim", "code"), [("virtiofsd", ExitCode.DAEMON_FAILED),
+                                              ("qemu-system", ExitCode.VMM_FAILED)])
+def test_a_daemon_or_vmm_killed_mid_command_keeps_its_code(hostrun_cli: StartCli,
+                                                           store: Store, victim: str,
+                                                           code: int) -> None:
+    """The soak found these 123 ("the guest closed the control channel"): the channel
+    breaks, but the session knows why, and the code is the console path's."""
+    run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "120", "--run",
+                              "echo up; sleep 1000", initrd=False)
+    assert run.proc.stdout is not None
+    assert run.proc.stdout.readline() == b"up\n"
+    pids = [line.split(":", 1)[0] for line in run.processes()
+            if os.path.basename(line.split(":", 1)[1].split()[0]).startswith(victim)]
+    assert pids, run.processes()
+    os.kill(int(pids[0]), signal.SIGKILL)
+    assert run.finish() == code, run.stderr
+    run.assert_nothing_left()
