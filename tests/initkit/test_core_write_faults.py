@@ -119,8 +119,10 @@ def test_a_full_cache_says_so_and_keeps_no_half_entry(tmp_path: Path, bzimage: P
 
 def test_hostrun_with_a_full_cache(tmp_path: Path, bzimage: Path) -> None:
     cache = tmp_path / "cache"
+    store = tmp_path / "store"  # not the default /nix/store, which a machine may lack
+    store.mkdir()
     proc, _ = in_small_tmpfs(cache, [*HOSTRUN, "--kernel", str(bzimage), "--vmm", "qemu",
-                                     "--exec", "/bin/true"],
+                                     "--store", str(store), "--exec", "/bin/true"],
                              env={"INITKIT_CACHE": str(cache), "HOSTRUN_ACCEL": "tcg"})
     one_line(proc, ENVIRONMENT_EXIT, "hostrun: error: cannot write ",
              f"no space left on {cache} (tmpfs)", "set $INITKIT_CACHE to a directory elsewhere")
