@@ -15,6 +15,7 @@ import __future__
 
 import _imp
 import ast
+import errno
 import importlib.machinery
 import importlib.util
 import json
@@ -347,7 +348,11 @@ def _follow(request: dict[str, Any], info: dict[str, object], packages: dict[str
                 except OSError as exc:
                     if not os.access(found.host, os.R_OK):
                         raise
-                    return {"write_error": {"errno": exc.errno, "path": compiled}}
+                    # Python 3.13 reports a short write of the .pyc as an OSError
+                    # without errno; on a regular file a short write means the file
+                    # system is full.
+                    code = exc.errno if exc.errno is not None else errno.ENOSPC
+                    return {"write_error": {"errno": code, "path": compiled}}
                 entry["host"] = compiled
             else:
                 entry["host"] = found.host
