@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hostrun import hostcpu
 from hostrun.action import Action, kernel_cmdline
+from hostrun.placement import PAGE
 from hostrun.virtiofs import choose_daemon
 from hostrun.vmm import BootConfig, Qemu
 from initbuilder.cpio import write_initrd
@@ -73,7 +74,7 @@ def build_floor_initrd(out: Path, *, kernel: Path | None = None,
     image.add_symlink("bin/sh", "busybox")
     image.add_file("init", data=init_script.encode(), mode=0o755)
     add_modules(image, kernel=kernel, modules_dir=modules_dir)
-    write_initrd(image, out, compression="none")
+    write_initrd(image, out, compression="none", pad_to=PAGE)  # as hostrun's own
     return out
 
 

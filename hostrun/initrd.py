@@ -17,6 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from hostrun.placement import PAGE
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
 from initkit.errors import writing
 from initkit.files import identity_or_missing, remember
@@ -46,8 +47,9 @@ def default_initrd(kernel: Path, *, files: list[str] | None = None) -> Path:
         log.warning("hostrun: building the initrd for %s (once; cached)", kernel)
         from initbuilder.spec import BuildSpec, build_cached
 
+        # Padded to whole pages: QEMU then never has to copy it (hostrun/placement.py).
         built = build_cached(BuildSpec(kernel=kernel, files=files, busybox="auto"),
-                             suffix=SUFFIX)
+                             suffix=SUFFIX, pad_to=PAGE)
         remember(pointer, str(built))
         return built
 
@@ -61,7 +63,7 @@ def _follow(pointer: Path) -> Path | None:
 
 
 def _input_key(kernel: Path, files: list[str]) -> str:
-    digest = hashlib.sha256(b"hostrun-initrd-v1\0")
+    digest = hashlib.sha256(b"hostrun-initrd-v2\0")  # v2: padded to pages
 
     def add_stat(path: Path | str | None) -> None:
         if path is None:

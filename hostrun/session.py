@@ -24,6 +24,7 @@ from pathlib import Path
 from guest import contract
 from hostrun.action import Action, kernel_cmdline, new_nonce
 from hostrun.exitcodes import ExitCode, exit_code_for_host_signal
+from hostrun.placement import PADDED_NAME
 from hostrun.procs import child_setup, stop_process
 from hostrun.virtiofs import DaemonFailed, VirtiofsDaemon
 from hostrun.vmm import BootConfig, Vmm, request_queues
@@ -233,8 +234,11 @@ class _Run:
                                  extra=extra,
                                  echo=self.interactive or _no_input(self.stdin),
                                  tag=spec.fs_tag)
+        with writing(workdir / PADDED_NAME, "copy the initrd, padded for QEMU",
+                     instead=TMPDIR_ELSEWHERE):
+            initrd = spec.vmm.initrd_for(spec.initrd, workdir)
         config = BootConfig(
-            kernel=spec.kernel, initrd=spec.initrd, cmdline=cmdline,
+            kernel=spec.kernel, initrd=initrd, cmdline=cmdline,
             fs_socket=spec.daemon.socket_path, cpus=spec.cpus, memory_mib=spec.memory_mib,
             fs_tag=spec.fs_tag,
             fs_queues=request_queues(spec.cpus, spec.daemon.max_request_queues),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from guest import contract
+from hostrun.placement import clear_of_tables
 from initkit import process
 from initkit.errors import InitkitError
 
@@ -116,6 +117,11 @@ class Vmm(ABC):
     def argv(self, config: BootConfig) -> list[str]:
         """The complete command line that boots ``config``."""
 
+    def initrd_for(self, initrd: Path, directory: Path) -> Path:
+        """The file to give this VMM for ``initrd``: itself, or a copy made in
+        ``directory`` (hostrun's private dir) that this VMM's layout needs."""
+        return initrd
+
 
 class CloudHypervisor(Vmm):
     """cloud-hypervisor, run as the seed's runVM runs it (KVM or MSHV only)."""
@@ -198,6 +204,10 @@ class Qemu(Vmm):
             # in delay calibration. Telling it the rate skips the calibration.
             words.append(f"tsc_early_khz={self.tsc_khz}")
         return words
+
+    def initrd_for(self, initrd: Path, directory: Path) -> Path:
+        # microvm's ACPI tables share the last page of RAM with the initrd's end.
+        return clear_of_tables(initrd, directory)
 
     def argv(self, config: BootConfig) -> list[str]:
         if config.accel not in ACCELS:

@@ -94,11 +94,16 @@ def write_initrd(
     compression: str | None = None,
     mtime: int | None = None,
     instead: str = "",
+    pad_to: int = 1,
 ) -> WriteReport:
     """Write ``image`` as a newc initrd at ``out``, atomically (temp file + rename).
-    ``instead`` is the way around an output that cannot be written, for the message."""
+    ``instead`` is the way around an output that cannot be written, for the message.
+    ``pad_to`` N > 1 pads an uncompressed archive with zeros to a multiple of N bytes
+    (compressed ones would no longer decompress with their own tools)."""
     out_path = Path(out)
     kind = compression_for(out_path, compression)
+    if pad_to > 1 and kind != "none":
+        raise ValueError(f"pad_to applies to uncompressed archives, not {kind}")
     epoch = source_date_epoch(mtime)
     with writing(out_path, "write the initrd", instead=instead):
         if os.path.isdir(out_path):
@@ -107,7 +112,7 @@ def write_initrd(
         with writing(out_path, "write the initrd", instead=instead):
             fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
         try:
-            count = _write_archive(image, fd, kind, epoch, out_path, instead)
+            count = _write_archive(image, fd, kind, epoch, out_path, instead, pad_to)
             size = os.fstat(fd).st_size
         finally:
             os.close(fd)
@@ -115,7 +120,7 @@ def write_initrd(
 
 
 def _write_archive(image: Image, fd: int, compression: str, epoch: int, out: Path,
-                   instead: str) -> int:
+                   instead: str, pad_to: int = 1) -> int:
     items = image.items()
     plan = _plan_inodes(items)
     archive = ffi.write_new()
@@ -133,7 +138,7 @@ def _write_archive(image: Image, fd: int, compression: str, epoch: int, out: Pat
             # using every core keeps builds reproducible across machines.
             ffi.write_set_options(archive, f"zstd:threads={_zstd_workers()}".encode())
         ffi.write_set_bytes_per_block(archive, _CHUNK)
-        ffi.write_set_bytes_in_last_block(archive, 1)
+        ffi.write_set_bytes_in_last_block(archive, pad_to)
         ffi.write_open_fd(archive, fd)
         entry = ffi.entry_new()
         try:

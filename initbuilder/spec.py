@@ -133,21 +133,23 @@ def fingerprint(image: Image, compression: str, epoch: int) -> str:
     return digest.hexdigest()
 
 
-def build_cached(spec: BuildSpec, *, suffix: str = ".cpio", cache: Path | None = None) -> Path:
+def build_cached(spec: BuildSpec, *, suffix: str = ".cpio", cache: Path | None = None,
+                 pad_to: int = 1) -> Path:
     """Build the initrd ``spec`` describes into the cache, as a file ending in ``suffix``
     (which names the compression unless the spec does), and return its path; an identical
     earlier build is reused. Safe when several processes build at once: each writes a
-    temp file and renames it into place."""
+    temp file and renames it into place. ``pad_to``: as ``cpio.write_initrd``'s."""
     image, _ = build_image(spec)
     compression = cpio.compression_for(f"initrd{suffix}", spec.compression)
     epoch = cpio.source_date_epoch(spec.source_date_epoch)
     directory = cache or cache_dir("initrd")
-    target = directory / f"{fingerprint(image, compression, epoch)[:32]}{suffix}"
+    padding = f"-p{pad_to}" if pad_to > 1 else ""
+    target = directory / f"{fingerprint(image, compression, epoch)[:32]}{padding}{suffix}"
     if target.exists():
         log.info("reusing cached initrd %s", target)
         return target
     cpio.write_initrd(image, target, compression=compression, mtime=epoch,
-                      instead=CACHE_ELSEWHERE)
+                      instead=CACHE_ELSEWHERE, pad_to=pad_to)
     log.info("built initrd %s", target)
     return target
 

@@ -25,6 +25,7 @@ from realparts import missing_part
 from guest.port import PORT_NAME
 from hostrun.channel import Channel, ChannelError
 from hostrun.hostcpu import host_tsc_khz
+from hostrun.placement import PAGE
 from hostrun.vmm import BootConfig, Qemu
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image
@@ -103,7 +104,7 @@ def vm(debian_kernel: object, debian_vmlinux: Path,
     image.add_file("channel-init", data=b"#!/usr/lib/initkit/python/bin/python%d.%d -IS\n"
                    % sys.version_info[:2] + INIT, mode=0o755)
     initrd = work / "initrd.cpio"
-    write_initrd(image, initrd, compression="none")
+    write_initrd(image, initrd, compression="none", pad_to=PAGE)  # hostrun/placement.py
     qemu = Qemu(tsc_khz=host_tsc_khz())
     sock = work / "control.sock"
     words = [*qemu.cmdline_defaults("tcg"), "quiet", "rdinit=/channel-init"]

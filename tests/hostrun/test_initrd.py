@@ -20,7 +20,8 @@ def builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[BuildSpec]:
     monkeypatch.setenv("INITKIT_CACHE", str(tmp_path / "cache"))
     calls: list[BuildSpec] = []
 
-    def fake_build_cached(spec: BuildSpec, *, suffix: str) -> Path:
+    def fake_build_cached(spec: BuildSpec, *, suffix: str, pad_to: int) -> Path:
+        assert pad_to == 4096  # whole pages: QEMU need not copy it (hostrun/placement.py)
         calls.append(spec)
         time.sleep(0.3)  # long enough for a second hostrun to arrive meanwhile
         out = tmp_path / f"built-{len(calls)}{suffix}"
