@@ -13,6 +13,7 @@ from guest.contract import (
     NOT_FOUND,
     STORE,
     ExitStatus,
+    is_console_channel,
     ready_record,
 )
 from guest.system import ShutdownRequested
@@ -246,9 +247,10 @@ def _serve(action: steps.Serve, system: SystemInterface, debug: bool) -> ExitSta
     The agent's status is the boot's: 0 after the host's shutdown."""
     device = system.find_port(action.port, PORT_WAIT)
     if device is None:
-        system.say(f"no virtio-serial port named {action.port!r} (under "
-                   "/sys/class/virtio-ports): is the virtio_console module in the initrd or "
-                   "built in, and did the host attach the port?")
+        where = ("no console device " + action.port if is_console_channel(action.port) else
+                 f"no virtio-serial port named {action.port!r} (under /sys/class/virtio-ports)")
+        system.say(f"{where}: is the virtio_console module in the initrd or built in, and "
+                   "did the host attach the port?")
         return ExitStatus.exited(INIT_FAILED)
     try:
         pid = system.start_agent(device, _agent_main)

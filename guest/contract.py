@@ -53,6 +53,19 @@ DEFAULT_TAG = "tvix"  # the virtiofs tag the host attaches the store with
 STORE = "/nix/store"  # where the guest mounts it
 # The virtio-serial port hostrun attaches the control channel as (its name= property).
 CHANNEL_PORT = "org.initkit.control"
+# The channel on a VMM whose virtio-console has one console port and no port names
+# (cloud-hypervisor's --console socket=): the guest has it as this tty. An
+# initkit.channel value that is a path under /dev names such a device.
+CHANNEL_CONSOLE = "/dev/hvc0"
+# What the agent writes on a console channel once the tty is raw (no echo, no line
+# editing, 8 bits through): the host sends its hello only after it, so nothing the host
+# sends can reach the tty while it would still echo or edit it.
+CONSOLE_READY = b"\ninitkit-agent-ready\n"
+
+
+def is_console_channel(name: str) -> bool:
+    """Whether an initkit.channel value names a console device, not a named port."""
+    return name.startswith("/dev/")
 # Where the kernel lists virtio-serial ports: <dir>/vportNpM/name holds the port's name,
 # and devtmpfs has its device as /dev/vportNpM.
 VIRTIO_PORTS = "/sys/class/virtio-ports"

@@ -82,6 +82,22 @@ def execvpe(file: str, args: list[str], env: dict[str, str]) -> None:
     raise error
 
 
+def make_raw(fd: int) -> None:
+    """Put the tty on ``fd`` in raw mode, as cfmakeraw(3): bytes through as they are,
+    no echo, no line editing, no signals, no flow control, no output processing."""
+    import termios  # only a console channel needs it
+
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
+    iflag &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+               | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON | termios.IXOFF)
+    oflag &= ~termios.OPOST
+    lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    cflag = (cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+    cc[termios.VMIN], cc[termios.VTIME] = 1, 0
+    termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
+    termios.tcflush(fd, termios.TCIFLUSH)  # nothing should be there: the host waits
+
+
 def find_port(name: str = CHANNEL_PORT, *, sysfs: str = VIRTIO_PORTS, dev: str = "/dev",
               timeout: float = 5.0) -> str | None:
     """The device node of the port called ``name``, waiting up to ``timeout`` seconds

@@ -18,6 +18,7 @@ import sys
 import time
 
 from guest import libc
+from guest.contract import CONSOLE_READY, is_console_channel
 from guest.osfuncs import (
     S_IFCHR,
     S_IFDIR,
@@ -28,6 +29,7 @@ from guest.osfuncs import (
     fsencode,
     lexists,
     make_dirs,
+    make_raw,
     read_file,
 )
 
@@ -359,7 +361,10 @@ class System:
         returned, and devtmpfs makes the node after that, so look again for ``wait``
         seconds."""
         deadline = time.monotonic() + wait
-        device = find_port(name, timeout=wait)
+        if is_console_channel(name):  # a console device: its node is all there is
+            device: str | None = name
+        else:
+            device = find_port(name, timeout=wait)
         while device is not None and not lexists(device):
             if time.monotonic() >= deadline:
                 return None
@@ -373,6 +378,13 @@ class System:
         to power off, and the agent's own failure is a status PID 1 reports instead of
         a dead init."""
         fd = posix.open(device, posix.O_RDWR | posix.O_NOCTTY | posix.O_CLOEXEC)
+        if posix.isatty(fd):  # a console channel (contract.CHANNEL_CONSOLE)
+            try:
+                make_raw(fd)
+                posix.write(fd, CONSOLE_READY)
+            except BaseException:
+                posix.close(fd)
+                raise
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()

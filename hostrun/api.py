@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from guest import contract
 from guest.contract import ExitStatus
 from hostrun.action import chosen_actions, without_actions
 from hostrun.channel import Channel, ChannelError, ExecResult, Execution, PathArg
@@ -288,9 +289,13 @@ class Machine:
             left = max(1.0, deadline - time.monotonic())
             self.socket = path
             try:
+                device = self._spec.vmm.channel_device
                 return Channel.connect(path, timeout=left,
                                        describe_failure=self._describe_failure,
-                                       name="the guest")
+                                       name="the guest",
+                                       ready=(contract.CONSOLE_READY
+                                              if contract.is_console_channel(device)
+                                              else None))
             except ChannelError:
                 if not self._booted_again(tried):
                     if not self._thread.is_alive():  # the VM ended first: say how

@@ -49,21 +49,26 @@ HELLO_TIMEOUT = 30.0
 DEFAULT_MAX_COPY = 1 << 34  # bytes a get_file/get_dir accepts
 DEFAULT_MAX_ENTRIES = 1 << 20  # members a get_dir accepts
 _RECV = 1 << 18
+# On a console channel, what may come before the agent's ready line (a tty's leftovers).
+MAX_BEFORE_READY = 1 << 16
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 class Channel:
     """A session with the guest agent over a connected stream socket.
 
-    ``describe_failure`` is called when the channel fails; what it returns (the
-    console's last lines, say) is added to the ChannelError every pending call raises.
+    ``ready``: a console channel (a tty in the guest): wait for the agent to write this
+    before greeting it (guest/contract.py's CONSOLE_READY). ``describe_failure`` is
+    called when the channel fails; what it returns (the console's last lines, say) is
+    added to the ChannelError every pending call raises.
     """
 
     def __init__(self, sock: socket.socket, *,
                  describe_failure: Callable[[], str] | None = None,
                  hello_timeout: float = HELLO_TIMEOUT, window: int = wire.DEFAULT_WINDOW,
-                 name: str = "the guest") -> None:
+                 name: str = "the guest", ready: bytes | None = None) -> None:
         self._sock = sock
+        self._ready = ready
         self._describe = describe_failure
         self.name = name
         self.window = window
@@ -102,6 +107,8 @@ class Channel:
     def _handshake(self, timeout: float) -> wire.Peer:
         self._sock.settimeout(timeout)
         try:
+            if self._ready is not None:
+                self._await_ready(self._ready)
             self._sock.sendall(wire.hello(HOST_MAX_FRAME, self.window,
                                           "initkit hostrun"))
             while True:
@@ -125,6 +132,29 @@ class Channel:
                                f"{exc.strerror or exc}", self._detail()) from None
         self._sock.settimeout(None)
         return peer
+
+    def _await_ready(self, marker: bytes) -> None:
+        """Read until the agent's ready line; what follows it is the first of its frames.
+        At most MAX_BEFORE_READY bytes before it are skipped, never kept."""
+        seen = b""
+        skipped = 0
+        keep = len(marker) - 1  # a marker's start may end one read
+        while True:
+            data = self._sock.recv(_RECV)
+            if not data:
+                raise ChannelError(self._with_detail(
+                    f"{self.name} closed the control channel before the agent was ready"))
+            seen += data
+            at = seen.find(marker)
+            if at >= 0 and skipped + at <= MAX_BEFORE_READY:
+                self._frames.feed(seen[at + len(marker):])
+                return
+            if len(seen) > keep:
+                skipped += len(seen) - keep
+                seen = seen[len(seen) - keep:]
+            if skipped > MAX_BEFORE_READY or at >= 0:
+                raise wire.ProtocolError(f"more than {MAX_BEFORE_READY} bytes came before "
+                                         "the agent's ready line")
 
     def _read_loop(self) -> None:
         reason = f"{self.name} closed the control channel"

@@ -228,7 +228,7 @@ class _Run:
         channel = None
         if self.control is not None:
             channel = workdir / CHANNEL_SOCKET
-            extra = f"{extra} {contract.CHANNEL_KEY}={contract.CHANNEL_PORT}".strip()
+            extra = f"{extra} {contract.CHANNEL_KEY}={spec.vmm.channel_device}".strip()
         cmdline = kernel_cmdline(defaults=spec.vmm.cmdline_defaults(spec.accel),
                                  nonce=self.nonce, verbose=spec.verbose, action=spec.action,
                                  extra=extra,

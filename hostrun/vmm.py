@@ -80,6 +80,9 @@ class Vmm(ABC):
 
     name: ClassVar[str]
     default_binary: ClassVar[str]
+    # What the guest serves the control channel on (the initkit.channel value): a
+    # virtio-serial port's name, or a console device (contract.is_console_channel).
+    channel_device: ClassVar[str] = contract.CHANNEL_PORT
 
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or self.default_binary
@@ -128,6 +131,8 @@ class CloudHypervisor(Vmm):
 
     name = "cloud-hypervisor"
     default_binary = "cloud-hypervisor"
+    # Its virtio-console has one console port, no names: the guest's /dev/hvc0.
+    channel_device = contract.CHANNEL_CONSOLE
     # bzImage direct boot came back in v39; older ones take only the PVH vmlinux.
     BZIMAGE_SINCE = (39, 0)
 

@@ -45,3 +45,12 @@ def test_wait_for_host_sees_a_connected_peer_and_a_hangup() -> None:
         assert not port.wait_for_host(ours.fileno(), timeout=0.1, interval=0.01)
     finally:
         ours.close()
+
+
+def test_a_console_device_is_its_node_not_a_port_name(tmp_path: Path) -> None:
+    """initkit.channel=/dev/hvc0 (cloud-hypervisor's console) names the node itself:
+    found when it exists, None after the wait when it does not."""
+    from guest.system import System
+
+    assert System.find_port("/dev/null", 0.1) == "/dev/null"
+    assert System.find_port(f"/dev/{tmp_path.name}-no-such-console", 0.05) is None

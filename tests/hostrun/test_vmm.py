@@ -164,4 +164,11 @@ def test_cloud_hypervisor_channel_rides_its_console_socket() -> None:
     argv = CloudHypervisor(binary="ch").argv(config(channel_socket=Path("/run/x/ctl.sock")))
     assert option_values(argv, "--console") == ["socket=/run/x/ctl.sock"]
     assert option_values(CloudHypervisor(binary="ch").argv(config()), "--console") == ["off"]
+    from guest import contract
+
+    # Its console has one port and no names: the guest serves its tty, /dev/hvc0.
+    assert CloudHypervisor.channel_device == contract.CHANNEL_CONSOLE == "/dev/hvc0"
+    assert contract.is_console_channel(CloudHypervisor.channel_device)
+    assert Qemu.channel_device == contract.CHANNEL_PORT
+    assert not contract.is_console_channel(Qemu.channel_device)
 
