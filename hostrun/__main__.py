@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from hostrun.cli import entry
+from hostrun.program import main
 
-entry()
+main()

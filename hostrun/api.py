@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 from guest import contract
 from guest.contract import ExitStatus
 from hostrun.action import chosen_actions, without_actions
-from hostrun.channel import Channel, ChannelError, ExecResult, Execution, PathArg
+from hostrun.channel import (
+    CONSOLE_WINDOW,
+    Channel,
+    ChannelError,
+    ExecResult,
+    Execution,
+    PathArg,
+)
 from initkit.errors import InitkitError
 
 if TYPE_CHECKING:
@@ -289,13 +296,14 @@ class Machine:
             left = max(1.0, deadline - time.monotonic())
             self.socket = path
             try:
-                device = self._spec.vmm.channel_device
+                if contract.is_console_channel(self._spec.vmm.channel_device):
+                    console: dict[str, Any] = {"ready": contract.CONSOLE_READY,
+                                               "window": CONSOLE_WINDOW}
+                else:
+                    console = {}
                 return Channel.connect(path, timeout=left,
                                        describe_failure=self._describe_failure,
-                                       name="the guest",
-                                       ready=(contract.CONSOLE_READY
-                                              if contract.is_console_channel(device)
-                                              else None))
+                                       name="the guest", **console)
             except ChannelError:
                 if not self._booted_again(tried):
                     if not self._thread.is_alive():  # the VM ended first: say how

@@ -51,6 +51,12 @@ DEFAULT_MAX_ENTRIES = 1 << 20  # members a get_dir accepts
 _RECV = 1 << 18
 # On a console channel, what may come before the agent's ready line (a tty's leftovers).
 MAX_BEFORE_READY = 1 << 16
+# The window a console channel's host grants per request and direction. QEMU's console
+# ports drop what their socket does not take at once (hw/char/virtio-console.c: only
+# named ports are throttled), so the guest must never have more in flight than the
+# socket holds (~200 KiB for a unix socket here); stdout and stderr of a few requests
+# at 32 KiB each stay below that.
+CONSOLE_WINDOW = 1 << 15
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 

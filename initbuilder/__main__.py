@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from initbuilder.cli import main
+from initbuilder.program import main
 
 main()

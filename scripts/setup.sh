@@ -135,12 +135,16 @@ initkit_setup() {
   local installed
   installed="$(cd / && "$venv/bin/python" -c 'import elftools, libarchive, click, pytest, xdist, initbuilder, hostrun
 print(initbuilder.__file__)' 2>/dev/null || true)"
+  # Again when pyproject.toml changed since (its entry points, its dependencies).
+  local project stamp="$venv/.initkit-pyproject"
+  project="$(sha256sum < "$INITKIT_ROOT/pyproject.toml")"
   if [ "$installed" != "$INITKIT_ROOT/initbuilder/__init__.py" ] \
      || [ ! -x "$venv/bin/initbuilder" ] || [ ! -x "$venv/bin/ruff" ] \
-     || [ ! -x "$venv/bin/mypy" ]; then
+     || [ ! -x "$venv/bin/mypy" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$project" ]; then
     echo "initkit: installing the Python package from $INITKIT_ROOT (editable) into" \
          "$venv with its test tools" >&2
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$INITKIT_ROOT[test]"
+    echo "$project" > "$stamp"
   fi
   export PATH="$venv/bin:$PATH"
   hash -r

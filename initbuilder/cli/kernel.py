@@ -225,6 +225,7 @@ def build(source: Path | None, fragments: tuple[Path, ...], output: Path | None,
       initbuilder kernel build --check --config-fragment extra.config
       hostrun --kernel minimal ...                   # boots it (builds it if needed)
     """
+    import contextlib
     import shutil
 
     from initbuilder.kernels.build import build_kernel, configure_only, lookup
@@ -251,14 +252,28 @@ def build(source: Path | None, fragments: tuple[Path, ...], output: Path | None,
                              report=lambda text: click.echo(text, err=True),
                              show_make=verbose > 0)
     if output is not None:
-        with writing(output, "make the output directory"):
-            output.mkdir(parents=True, exist_ok=True)
-        for name, path in (("bzImage", built.bzimage), ("vmlinux", built.vmlinux),
-                           ("config", built.config)):
-            what = f"the kernel's {name}"
-            with replacing(output / name, what=what) as tmp, \
-                    writing(output / name, f"write {what}"):
-                shutil.copyfile(path, tmp)
+        # On failure, what this run made (directories, files that were not there) goes.
+        made = [parent for parent in (output, *output.parents) if not parent.exists()]
+        written: list[Path] = []
+        try:
+            with writing(output, "make the output directory"):
+                output.mkdir(parents=True, exist_ok=True)
+            for name, path in (("bzImage", built.bzimage), ("vmlinux", built.vmlinux),
+                               ("config", built.config)):
+                what = f"the kernel's {name}"
+                existed = (output / name).exists()
+                with replacing(output / name, what=what) as tmp, \
+                        writing(output / name, f"write {what}"):
+                    shutil.copyfile(path, tmp)
+                if not existed:
+                    written.append(output / name)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            for directory in made:  # innermost first
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise
     fields = built.fields()
     _show(fields, print_field, as_json)
 
