@@ -28,20 +28,27 @@ def served(argv: Sequence[str] | None = None, **options: object) -> Iterator[
         channel = Channel(ours, hello_timeout=30, **options)  # type: ignore[arg-type]
         yield channel, proc
     finally:
-        if channel is not None:
-            channel.shutdown(timeout=10)
-        else:
-            ours.close()
-        # An agent that shut down ends at once; the peer of a failed channel may never.
-        clean = channel is not None and (channel.failure is None
-                                         or "shut down" in channel.failure.reason)
-        try:
-            proc.wait(timeout=20 if clean else 1)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        end_session(channel, ours, proc)
+
+
+def end_session(channel: Channel | None, sock: socket.socket,
+                proc: subprocess.Popen[bytes]) -> None:
+    """Shut the session down (or close the socket a Channel never took), then reap the
+    agent: at once after a shutdown, killed if it lingers."""
+    if channel is not None:
+        channel.shutdown(timeout=10)
+    else:
+        sock.close()
+    # An agent that shut down ends at once; the peer of a failed channel may never.
+    clean = channel is not None and (channel.failure is None
+                                     or "shut down" in channel.failure.reason)
+    try:
+        proc.wait(timeout=20 if clean else 1)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
 
 
 def alive(pid: int) -> bool:
@@ -49,7 +56,7 @@ def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it went between the two
         return False
     return stat[stat.rfind(b")") + 2:][:1] != b"Z"
 

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from agentproc import end_session
 
 from guest import contract, wire
 from hostrun.channel import MAX_BEFORE_READY, Channel, ChannelError
@@ -63,17 +64,7 @@ def console_channel() -> Iterator[Channel]:
         channel = Channel(host, hello_timeout=30, ready=contract.CONSOLE_READY)
         yield channel
     finally:
-        if channel is not None:
-            channel.shutdown(timeout=10)
-        else:
-            host.close()
-        try:
-            agent.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
-        assert agent.stderr is not None
-        agent.stderr.close()
+        end_session(channel, host, agent)
         os.close(slave)
         os.close(master)
         bridge.join(10)
