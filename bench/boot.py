@@ -51,7 +51,7 @@ def ensure_bytecode() -> None:
     compiles hostrun's modules from source on every run, ~20 ms of CPU before QEMU
     starts (docs/benchmarks.md, "Where a minimal-kernel boot's time goes")."""
     root = Path(__file__).resolve().parents[1]
-    for package in ("hostrun", "initbuilder", "guest"):
+    for package in ("initkit", "hostrun", "initbuilder", "guest"):
         compileall.compile_dir(root / package, quiet=1)
 
 

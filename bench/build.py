@@ -21,6 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.boot import ensure_bytecode
+
 
 def stage(root: Path) -> int:
     """Lay out the tree both tools archive; return its number of entries."""
@@ -49,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
+    ensure_bytecode()  # as an installed initbuilder has it, not compiled on every run
     with tempfile.TemporaryDirectory(prefix="initkit-bench-") as tmp:
         work = Path(tmp)
         tree = work / "tree"

@@ -49,8 +49,11 @@ class HostFiles:
         from the host; ownership is 0:0 so the initrd does not depend on who built it."""
         host_path = Path(host)
         guest = guest if guest is not None else os.path.abspath(host_path)
-        with reading(host_path):
-            st = host_path.lstat()
+        try:
+            st = os.lstat(host_path)
+        except OSError:  # named by reading(); the context only on this path: a tree of
+            with reading(host_path):  # thousands of files pays nothing for it
+                raise
         src = source or str(host_path)
         mode = stat.S_IMODE(st.st_mode)
         image = self.image

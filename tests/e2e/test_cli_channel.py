@@ -79,7 +79,8 @@ def test_seed_cmdline_keeps_the_console_path(hostrun_cli: StartCli, store: Store
 def test_a_guest_that_panics_mid_command_is_123_with_the_reason(hostrun_cli: StartCli,
                                                                 store: Store) -> None:
     run: CliRun = hostrun_cli("--store", str(store.root), "--timeout", "120", "--run",
-                              "echo going; echo c > /proc/sysrq-trigger; sleep 100",
+                              # the pause lets "going" reach the host before the panic
+                              "echo going; sleep 2; echo c > /proc/sysrq-trigger; sleep 100",
                               initrd=False)
     assert run.finish() == ExitCode.NO_STATUS, run.stderr
     assert run.stdout == b"going\n"
