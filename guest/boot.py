@@ -245,7 +245,11 @@ PORT_WAIT = 10.0
 def _serve(action: steps.Serve, system: SystemInterface, debug: bool) -> ExitStatus:
     """Run the agent on the control channel until it ends; reap orphans meanwhile.
     The agent's status is the boot's: 0 after the host's shutdown."""
-    device = system.find_port(action.port, PORT_WAIT)
+    try:
+        device = system.find_port(action.port, PORT_WAIT)
+    except OSError as exc:
+        system.say(f"cannot serve the control channel on {action.port}: {describe(exc)}")
+        return ExitStatus.exited(INIT_FAILED)
     if device is None:
         where = ("no console device " + action.port if is_console_channel(action.port) else
                  f"no virtio-serial port named {action.port!r} (under /sys/class/virtio-ports)")

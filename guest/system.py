@@ -67,6 +67,31 @@ def _raise_shutdown(signum: int, _frame: object) -> None:
     raise ShutdownRequested(signum)
 
 
+
+# A console device's node can be there before its console: devtmpfs has /dev/hvc0 from
+# the moment the hvc driver registers, and opening it says ENODEV (or ENXIO) until
+# virtio_console has probed the port behind it (seen with Debian 13's 6.12 kernel).
+_NOT_YET = (6, 19)  # ENXIO, ENODEV (errno.h): not imported at boot for two numbers
+
+
+def _console_ready(device: str, deadline: float) -> str | None:
+    """``device`` once it opens, or None when it does not by ``deadline``."""
+    while True:
+        try:
+            fd = posix.open(device, posix.O_RDWR | posix.O_NOCTTY | posix.O_NONBLOCK
+                            | posix.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in _NOT_YET:
+                raise
+        else:
+            posix.close(fd)
+            return device
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
 class System:
     """The real operating system, as PID 1 sees it."""
 
@@ -361,10 +386,9 @@ class System:
         returned, and devtmpfs makes the node after that, so look again for ``wait``
         seconds."""
         deadline = time.monotonic() + wait
-        if is_console_channel(name):  # a console device: its node is all there is
-            device: str | None = name
-        else:
-            device = find_port(name, timeout=wait)
+        if is_console_channel(name):
+            return _console_ready(name, deadline)
+        device = find_port(name, timeout=wait)
         while device is not None and not lexists(device):
             if time.monotonic() >= deadline:
                 return None
