@@ -9,6 +9,7 @@ an ``ident``, the part of the build's cache key that says which source it is.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from initkit import process
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
-from initkit.errors import InitkitError, WriteSite, writing
+from initkit.errors import InitkitError, WriteSite, write_error, writing
 from initkit.files import scratch_beside
 
 log = logging.getLogger("initkit.kernelbuild")
@@ -178,8 +179,9 @@ def _unpacked(tarball: Path, ident: str) -> KernelSource:
         with scratch_beside(final, what="the kernel source",
                             instead=CACHE_ELSEWHERE) as tmp:
             tree = tmp / "tree"
-            log.warning("unpacking %s (once)", tarball)
             site = WriteSite(final, "unpack the kernel source into", CACHE_ELSEWHERE)
+            _check_room(tarball, tmp, site)
+            log.warning("unpacking %s (once)", tarball)
             _extract(tarball, tree, site)
             with writing(site.path, site.doing, instead=site.instead):
                 (tree / _STAMP).write_text(json.dumps({"from": str(tarball)}) + "\n")
@@ -200,3 +202,34 @@ def _extract(tarball: Path, into: Path, site: WriteSite) -> None:
     process.run(["tar", "-xf", tarball, "-C", into, "--strip-components=1",
                  "--no-same-owner"], timeout=1800,
                 hint=f"{tarball} must be a kernel source tarball", writes=site)
+
+
+def _check_room(tarball: Path, directory: Path, site: WriteSite) -> None:
+    """Refuse at once when ``directory``'s filesystem has less room than the tarball
+    unpacks to: tar would otherwise go on through ~80,000 files after the first full
+    write (empty files still fit), for seconds, and leave the failure for the end."""
+    need = _unpacked_size(tarball)
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if need is not None and free < need:
+        raise write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), site.path,
+                          f"unpack the kernel source ({need / 1e9:.1f} GB; "
+                          f"{free / 1e6:.0f} MB free) into", instead=site.instead)
+
+
+def _unpacked_size(tarball: Path) -> int | None:
+    """What an .xz tarball decompresses to (its index says, at once), else None."""
+    if tarball.suffix != ".xz":
+        return None
+    try:
+        proc = process.run(["xz", "--robot", "--list", tarball], timeout=60, check=False)
+    except InitkitError:
+        return None
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        fields = line.split("\t")
+        if fields[0] == "totals" and len(fields) > 4 and fields[4].isdigit():
+            return int(fields[4])
+    return None

@@ -16,6 +16,7 @@ the only boots are the warm-up's and one per environment where hostrun must work
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -227,8 +228,23 @@ def _kernel_deb(bzimage: Path, base: Path) -> Path:
 @pytest.fixture(scope="module")
 def warm_cache(parts: Parts, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache that has what every command keeps there: made by running each of them
-    once in a good environment, which must work (the battery's control)."""
-    base = tmp_path_factory.mktemp("warm")
+    once in a good environment, which must work (the battery's control). Made once per
+    test run: pytest-xdist's workers share it (the first makes it, under a lock), and
+    each case works on links to it, never on it."""
+    here = tmp_path_factory.getbasetemp()
+    shared = here.parent if os.environ.get("PYTEST_XDIST_WORKER") else here
+    base = shared / "battery-warm"
+    with open(shared / "battery-warm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base / "done").is_file():
+            shutil.rmtree(base, ignore_errors=True)  # a worker that died making it
+            base.mkdir()
+            _make_warm_cache(parts, base)
+            (base / "done").touch()
+    return base / "cache"
+
+
+def _make_warm_cache(parts: Parts, base: Path) -> None:
     cache = base / "cache"
     cache.mkdir(mode=0o700)
     _borrow_minimal_kernel(cache)
@@ -246,7 +262,6 @@ def warm_cache(parts: Parts, tmp_path_factory: pytest.TempPathFactory) -> Path:
                               env=_environment({"INITKIT_CACHE": str(cache),
                                                 "TMPDIR": str(tmpdir)}))
         assert proc.returncode == 0, f"{command.name} in a good environment:\n{proc.stderr}"
-    return cache
 
 
 def _borrow_minimal_kernel(cache: Path) -> None:
