@@ -213,6 +213,10 @@ class Machine:
         self._stop_r, self._stop_w = os.pipe()
         self.channel: Channel | None = None
         self.socket: Path | None = None  # the channel's, in hostrun's private dir
+        # True until the session thread has ended, set under _booted: what its waiters
+        # check (is_alive() stays True for a moment after the thread's last notify, and
+        # a waiter that saw it then would sleep its whole timeout).
+        self._running = True
         self._thread = threading.Thread(target=self._session, daemon=True,
                                         name="initkit-machine")
         self._thread.start()
@@ -239,6 +243,7 @@ class Machine:
             self._crash = exc
         finally:
             with self._booted:
+                self._running = False
                 self._booted.notify_all()
 
     def _keep(self, data: bytes) -> None:
@@ -280,7 +285,7 @@ class Machine:
         tried = 0
         while True:
             with self._booted:
-                while len(self._sockets) == tried and self._thread.is_alive():
+                while len(self._sockets) == tried and self._running:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise ChannelError(f"the VM did not boot in {timeout:g} s",
@@ -290,7 +295,7 @@ class Machine:
                     raise BootFailed(self._ended(), self._describe_failure(), self._outcome)
                 tried = len(self._sockets)
                 path = self._sockets[-1]
-            while not path.exists() and self._thread.is_alive() \
+            while not path.exists() and self._running \
                     and time.monotonic() < deadline:
                 time.sleep(0.01)  # QEMU makes its socket a moment after it started
             left = max(1.0, deadline - time.monotonic())
@@ -302,11 +307,12 @@ class Machine:
                 else:
                     console = {}
                 return Channel.connect(path, timeout=left,
+                                       listening=lambda: self._running,
                                        describe_failure=self._describe_failure,
                                        name="the guest", **console)
             except ChannelError:
                 if not self._booted_again(tried):
-                    if not self._thread.is_alive():  # the VM ended first: say how
+                    if not self._running:  # the VM ended first: say how
                         raise BootFailed(self._ended(), self._describe_failure(),
                                          self._outcome) from None
                     raise
@@ -316,7 +322,7 @@ class Machine:
         again a guest that died before its init); False if it ended instead."""
         with self._booted:
             self._booted.wait_for(
-                lambda: len(self._sockets) > boots or not self._thread.is_alive(), timeout=10)
+                lambda: len(self._sockets) > boots or not self._running, timeout=10)
             return len(self._sockets) > boots
 
     # -- commands -------------------------------------------------------------------------

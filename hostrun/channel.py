@@ -94,13 +94,31 @@ class Channel:
 
     @classmethod
     def connect(cls, path: PathArg, *, timeout: float = HELLO_TIMEOUT,
-                **options: Any) -> Channel:
-        """Connect to a unix socket at ``path`` and greet the agent."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listening: Callable[[], bool] | None = None, **options: Any) -> Channel:
+        """Connect to a unix socket at ``path`` and greet the agent. ``listening``: the
+        socket's server is still starting (a VMM binds its socket a moment before it
+        listens): a refused connection is tried again every 10 ms while it says True,
+        within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(os.fsdecode(path))
+                break
+            except OSError as exc:
+                sock.close()
+                starting = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
+                if not starting or listening is None or not listening() \
+                        or time.monotonic() >= deadline:
+                    raise ChannelError(f"cannot connect to the control channel at "
+                                       f"{os.fsdecode(path)}: {exc.strerror or exc}") from None
+                time.sleep(0.01)
+            except BaseException:
+                sock.close()
+                raise
         try:
-            sock.settimeout(timeout)
-            sock.connect(os.fsdecode(path))
-            return cls(sock, hello_timeout=timeout, **options)
+            return cls(sock, hello_timeout=max(1.0, deadline - time.monotonic()), **options)
         except OSError as exc:
             sock.close()
             raise ChannelError(f"cannot connect to the control channel at "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any  # the keyword arguments of each case differ
 
@@ -102,3 +103,35 @@ def test_a_failed_expectation_shows_the_command_status_and_both_streams() -> Non
     text = api.describe_result("expected success", result)
     assert text == ("expected success: ['/bin/sh' '-c' 'exit 3'] ended with exit status 3\n"
                     "--- stdout ---\nout\n--- stderr ---\nerr\n")
+
+
+def test_a_session_that_ends_before_booting_fails_at_once(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A boot that ends before the VMM started (a daemon dead at start) is BootFailed with
+    its reason, at once, every time: the waiter must not miss the session thread's end
+    (it once looked at Thread.is_alive(), True for a moment after the last notify, and
+    slept its whole timeout)."""
+    from hostrun.api import BootFailed, Machine
+    from hostrun.exitcodes import ExitCode
+    from hostrun.session import Outcome, RunSpec
+    from hostrun.vmm import Qemu
+
+    monkeypatch.setattr("hostrun.session.run", lambda spec, **options: Outcome(
+        ExitCode.DAEMON_FAILED, error="virtiofs daemon exited with status 1 before serving"))
+    # The thread outlives its last notify by a while, as a preempted one may.
+    session = Machine._session
+
+    def lingering(self: Machine) -> None:
+        session(self)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(Machine, "_session", lingering)
+    spec = RunSpec(kernel=tmp_path / "k", initrd=tmp_path / "i", vmm=Qemu(binary="qemu"),
+                   daemon=None)  # type: ignore[arg-type]  # never started by the fake
+    for _ in range(3):
+        started = time.monotonic()
+        with pytest.raises(BootFailed, match="before serving") as failed:
+            Machine.from_spec(spec, timeout=60)
+        assert failed.value.outcome is not None
+        assert failed.value.outcome.code == ExitCode.DAEMON_FAILED
+        assert time.monotonic() - started < 10
