@@ -80,6 +80,10 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the earlier commit (any git revision)")
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
+    known = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--verify", "--quiet",
+                            f"{args.base}^{{commit}}"], capture_output=True, check=False)
+    if known.returncode != 0:
+        parser.error(f"--base {args.base}: no such commit in {HERE} (see git log)")
     with tempfile.TemporaryDirectory(prefix="initkit-ab-") as tmp:
         work = Path(tmp)
         old = work / "base"

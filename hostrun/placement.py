@@ -42,6 +42,8 @@ def clear_of_tables(initrd: Path, directory: Path) -> Path:
     if not needs_padding(size):
         return initrd
     padded = directory / PADDED_NAME
+    if padded.is_file() and padded.stat().st_size == size + PAGE - size % PAGE:
+        return padded  # made for this run's first boot (a boot again after an early death)
     shutil.copyfile(initrd, padded)  # sendfile(2): no bytes through Python
     with open(padded, "ab") as target:
         target.write(bytes(PAGE - size % PAGE))

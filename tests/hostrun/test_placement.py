@@ -39,6 +39,9 @@ def test_a_file_that_ends_late_is_copied_and_padded_with_zeros(tmp_path: Path) -
     assert given == work / PADDED_NAME
     assert given.read_bytes() == data + bytes(3 * PAGE - len(data))
     assert initrd.read_bytes() == data  # the user's file is untouched
+    made = given.stat().st_mtime_ns
+    assert clear_of_tables(initrd, work) == given  # a second boot of the run reuses it
+    assert given.stat().st_mtime_ns == made
 
 
 def test_only_qemu_pads(tmp_path: Path) -> None:
