@@ -13,6 +13,10 @@ so it pays no interpreter start-up. Rows:
   hostrun, default initrd       what a user gets: hostrun + initkit's guest init
   floor, minimal kernel         the floor on initkit's own kernel (no modules to load)
   hostrun, minimal kernel       `hostrun --kernel minimal`, its default initrd
+  minimal, tvix.exec            the same with CH_CMDLINE=tvix.exec=... (the console path,
+                                as the floor: the native init runs it)
+  minimal, tvix.exec, Python    the same with an initrd whose /init is the Python init
+  default initrd, tvix.exec     CH_CMDLINE=tvix.exec=... on Debian's kernel
 Runs are interleaved (one of each per round) so drift hits every row alike.
 """
 
@@ -36,6 +40,7 @@ from hostrun.virtiofs import choose_daemon
 from initbuilder.kernels.build import lookup
 from initbuilder.kernels.fetch import fetch_debian_kernel
 from initbuilder.kernels.formats import extract_vmlinux
+from initbuilder.spec import BuildSpec, build
 
 HELLO_C = 'int main(void){static const char m[]="Hello, world!\\n";' \
           'return write(1,m,sizeof m-1)!=sizeof m-1;}'
@@ -96,14 +101,22 @@ def _floor_boot(vmlinux: Path, initrd: Path, store: Path, program: str, accel: s
 
 
 def hostrun_run(kernel: Path | str, initrd: Path | None, store: Path, program: str,
-                accel: str) -> float:
+                accel: str, *, console: bool = False) -> float:
+    """One `hostrun --exec PROGRAM`; with ``console``, `CH_CMDLINE=tvix.exec=PROGRAM
+    hostrun` instead (the seed's way: the console path, which the floor takes too,
+    where `--exec` with hostrun's own initrd goes over the control channel)."""
     argv = [HOSTRUN, "--kernel", str(kernel), "--store", str(store), "--vmm", "qemu",
             "--accel", accel, "--timeout", "120"]
     if initrd is not None:
         argv += ["--initrd", str(initrd)]
+    env = dict(os.environ)
+    if console:
+        env["CH_CMDLINE"] = f"tvix.exec={program}"
+    else:
+        argv += ["--exec", program]
     start = time.perf_counter()
-    proc = subprocess.run([*argv, "--exec", program], stdin=subprocess.DEVNULL,
-                          capture_output=True, check=False)
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False,
+                          env=env)
     took = time.perf_counter() - start
     if proc.returncode != 0 or not proc.stdout.endswith(b"Hello, world!\n"):
         raise SystemExit(f"hostrun failed ({proc.returncode}): {proc.stdout!r} "
@@ -153,6 +166,8 @@ def main() -> None:
                 hostrun_run(kernel.bzimage, None, store, program, args.accel)  # builds, caches
                 runners["hostrun, default initrd"] = lambda: hostrun_run(
                     kernel.bzimage, None, store, program, args.accel)
+                runners["default initrd, tvix.exec"] = lambda: hostrun_run(
+                    kernel.bzimage, None, store, program, args.accel, console=True)
             except SystemExit as exc:
                 print(f"(default initrd not measured: {str(exc).splitlines()[0][:200]})")
             if args.initrd is not None:
@@ -170,8 +185,15 @@ def main() -> None:
                 minimal_vmlinux, minimal_floor, store, program, args.accel, work)
             runners["hostrun, minimal kernel"] = lambda: hostrun_run(
                 kernel_arg, None, store, program, args.accel)
-            floors["floor, minimal kernel"] = floors["hostrun, minimal kernel"] = \
-                "floor, minimal kernel"
+            runners["minimal, tvix.exec"] = lambda: hostrun_run(
+                kernel_arg, None, store, program, args.accel, console=True)
+            python_initrd = work / "python-init.cpio"
+            build(BuildSpec(kernel=minimal, native_init=False), python_initrd)
+            runners["minimal, tvix.exec, Python"] = lambda: hostrun_run(
+                kernel_arg, python_initrd, store, program, args.accel, console=True)
+            for name in ("floor, minimal kernel", "hostrun, minimal kernel",
+                         "minimal, tvix.exec", "minimal, tvix.exec, Python"):
+                floors[name] = "floor, minimal kernel"
         for name, runner in list(runners.items()):
             runner()  # warm the page cache, the vmlinux and initrd caches
             rows[name] = []
@@ -193,6 +215,9 @@ def main() -> None:
     if "hostrun, minimal kernel" in medians and "hostrun, default initrd" in medians:
         print(f"hostrun, minimal kernel / hostrun, Debian's kernel (default initrds): "
               f"{medians['hostrun, minimal kernel'] / medians['hostrun, default initrd']:.2f}")
+    if "minimal, tvix.exec" in medians and "default initrd, tvix.exec" in medians:
+        print(f"tvix.exec (console path), minimal kernel / Debian's kernel: "
+              f"{medians['minimal, tvix.exec'] / medians['default initrd, tvix.exec']:.2f}")
     if "floor, minimal kernel" in medians and "floor" in medians:
         print(f"floor, minimal kernel / floor, Debian's kernel: "
               f"{medians['floor, minimal kernel'] / medians['floor']:.2f}")

@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 
     from guest.interface import SystemInterface
 
-# How long stray processes get between SIGTERM and SIGKILL once the action is over.
-_GRACE_SECONDS = 1.0
+_GRACE_SECONDS = contract.GRACE_SECONDS
 
 
 def main(started: float | None = None) -> None:

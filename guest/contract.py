@@ -75,6 +75,14 @@ MODULE_LIST = "/etc/initkit/modules"
 # instead of archive entries: see initbuilder/sources.py add_busybox).
 APPLET_LIST = "/etc/initkit/applets"
 BUSYBOX = "/bin/busybox"
+SHELL = "/bin/sh"  # the shell the init runs first (else BUSYBOX sh)
+# When /init is the native init (guest/native/init.c), the Python init's #! script is
+# here, and the native one execs it for every command line it does not carry out itself.
+PYTHON_INIT = "/usr/lib/initkit/python-init"
+# Test only: the command line the Python init reads instead of /proc's.
+CMDLINE_ENV = "INITKIT_TEST_CMDLINE"
+# Seconds stray processes get between SIGTERM and SIGKILL once the action is over.
+GRACE_SECONDS = 1.0
 # PATH of the programs the init starts, and the one initbuilder finds named programs on.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -18,7 +18,7 @@ import sys
 import time
 
 from guest import libc
-from guest.contract import CONSOLE_READY, is_console_channel
+from guest.contract import BUSYBOX, CMDLINE_ENV, CONSOLE_READY, SHELL, is_console_channel
 from guest.osfuncs import (
     S_IFCHR,
     S_IFDIR,
@@ -50,8 +50,7 @@ _GENERIC_TIOCSCTTY = 0x540E
 # TCSBRK with a non-zero argument is tcdrain(3): wait until the tty has sent its output.
 _TCSBRK = {"mips": 0x5405, "mips64": 0x5405, "ppc64": 0x2000741D, "ppc64le": 0x2000741D}
 _GENERIC_TCSBRK = 0x5409
-CMDLINE_ENV = "INITKIT_TEST_CMDLINE"  # test-only: the command line when /proc's is not ours
-SHELL_CANDIDATES = (("/bin/sh",), ("/bin/busybox", "sh"))
+SHELL_CANDIDATES = ((SHELL,), (BUSYBOX, "sh"))
 _EIO = 5  # errno's EIO, the same on every Linux architecture (asm-generic/errno-base.h)
 
 

@@ -63,7 +63,7 @@ def _follow(pointer: Path) -> Path | None:
 
 
 def _input_key(kernel: Path, files: list[str]) -> str:
-    digest = hashlib.sha256(b"hostrun-initrd-v2\0")  # v2: padded to pages
+    digest = hashlib.sha256(b"hostrun-initrd-v3\0")  # v2: padded to pages; v3: the native init
 
     def add_stat(path: Path | str | None) -> None:
         if path is None:
@@ -79,6 +79,10 @@ def _input_key(kernel: Path, files: list[str]) -> str:
         root = Path(__file__).resolve().parent.parent / package
         for source in sorted(root.rglob("*.py")):
             add_stat(source)
+    # The native init: its source and the compiler that makes it.
+    add_stat(Path(__file__).resolve().parent.parent / "guest" / "native" / "init.c")
+    digest.update(f"CC={os.environ.get('CC', '')}\0".encode())
+    add_stat(shutil.which("cc") or shutil.which("gcc"))
     digest.update(sys.version.encode())
     add_stat(sys.executable)
     add_stat(shutil.which("busybox"))

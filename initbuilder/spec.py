@@ -37,6 +37,9 @@ class BuildSpec:
     modules_dir: Path | None = None
     modules: list[str] | None = None  # None: the default virtiofs set
     init: bool = True
+    # None: /init is the native init when it can be compiled, else the Python init;
+    # True: the native one or an error; False: the Python init only.
+    native_init: bool | None = None
     python: Path | None = None
     compression: str | None = None  # None: the one the output's suffix names
     source_date_epoch: int | None = None
@@ -95,7 +98,7 @@ def build_image(spec: BuildSpec,
         with timed("runtime"):
             from initbuilder.runtime import add_runtime
 
-            add_runtime(image, python=spec.python)
+            add_runtime(image, python=spec.python, native=spec.native_init)
     if _wants_modules(spec):
         with timed("modules"):
             from initbuilder.kernels.modules import add_modules

@@ -35,6 +35,12 @@ from initkit.cli import Command, setup_logging
 @kernel_options
 @click.option("--no-init", is_flag=True,
               help="Leave out initkit's guest init and its Python runtime (/init).")
+@click.option("--native-init/--no-native-init", "native_init", default=None,
+              help="/init is initkit's native init (compiled from guest/native/init.c with "
+                   "$CC, cc or gcc, cached), which runs tvix.exec, tvix.run and tvix.shell "
+                   "without starting Python and hands every other command line to the Python "
+                   "init. Default: when it can be compiled. --native-init: or fail; "
+                   "--no-native-init: the Python init is /init.")
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False),
               help="The Python interpreter to pack for the guest init (default: the one "
                    "running initbuilder).")
@@ -49,7 +55,7 @@ def build(output: Path, files: tuple[str, ...], busybox: str, no_busybox: bool,
           bases: tuple[Path, ...], binaries: tuple[str, ...], root: Path | None,
           library_path: tuple[str, ...], dlopen: str, allow_missing: bool,
           kernel: Path | None, modules_dir: Path | None, modules: tuple[str, ...],
-          no_init: bool, python: Path | None, compression: str | None,
+          no_init: bool, native_init: bool | None, python: Path | None, compression: str | None,
           source_date_epoch: int | None, verbose: int) -> None:
     """Build a deterministic newc initrd at OUTPUT.
 
@@ -78,6 +84,7 @@ def build(output: Path, files: tuple[str, ...], busybox: str, no_busybox: bool,
         modules_dir=modules_dir,
         modules=list(modules) or None,
         init=not no_init,
+        native_init=native_init,
         python=python,
         compression=compression,
         source_date_epoch=source_date_epoch,

@@ -21,6 +21,7 @@ from realparts import missing_part, unpack_with_cpio
 from guest.contract import ExitStatus, parse_line
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image
+from initbuilder.nativeinit import HOW_TO_GET, compiler
 from initbuilder.runtime import add_runtime
 
 NONCE = "00112233aabbccdd"
@@ -50,10 +51,15 @@ def _require_parts() -> None:
         missing_part(f"unshare --pid --fork --mount does not work here: {probe.stderr.strip()}")
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The initrd (runtime + busybox + a test store), written and unpacked."""
+@pytest.fixture(scope="module", params=["native", "python"])
+def root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The initrd (runtime + busybox + a test store), written and unpacked: once with
+    the native init as /init (guest/native/init.c, which hands what it does not do
+    itself to the Python init), once with the Python init alone."""
     _require_parts()
+    native = request.param == "native"
+    if native and compiler() is None:
+        missing_part(f"no C compiler for the native init ({HOW_TO_GET})")
     work = tmp_path_factory.mktemp("pid1")
     source = work / "hello.c"
     source.write_text(HELLO_C)
@@ -63,7 +69,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if built.returncode != 0:
         missing_part(f"gcc -static cannot link (is libc6-dev installed?): {built.stderr[-300:]}")
     image = Image()
-    add_runtime(image)
+    add_runtime(image, native=native)
     busybox = shutil.which("busybox")
     assert busybox is not None
     image.add_file("bin/busybox", host=busybox, mode=0o755)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from realparts import missing_part, unpack_with_cpio
 
+from guest.contract import PYTHON_INIT
 from initbuilder import runtime
 from initbuilder.cpio import write_initrd
 from initbuilder.image import Image, Kind
@@ -159,9 +160,10 @@ def test_pyc_files_are_unchecked_hash_bytecode(image: Image) -> None:
 
 
 def test_init_runs_the_entry_bytecode_isolated(image: Image) -> None:
-    """/init hands the interpreter guest/entry.py's bytecode (no source to compile at
-    boot); the ._pth file by the interpreter makes that run isolated and without site."""
-    init = image.get("init")
+    """The Python init's script (/init, or beside the native init) hands the interpreter
+    guest/entry.py's bytecode (no source to compile at boot); the ._pth file by the
+    interpreter makes that run isolated and without site."""
+    init = image.get(PYTHON_INIT.lstrip("/")) or image.get("init")
     assert init is not None and init.mode == 0o755 and init.data is not None
     first = init.data.decode().splitlines()[0]
     assert first == f"#!{PREFIX}/bin/python{VERSION} /{LIB}/guest/entry.pyc"
