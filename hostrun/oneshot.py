@@ -67,7 +67,7 @@ def run_over_channel(spec: RunSpec, action: Action, timeout: float | None) -> in
         with machine:
             left = None if timeout is None else max(0.001, timeout - (time.monotonic()
                                                                       - started))
-            code = _command(machine, argv_of(action), left)
+            code = _command(machine, argv_of(action), left, timeout)
         if code is None:  # the channel broke: the session, now ended, knows why
             outcome = machine.outcome
             if outcome is not None and outcome.code in _HOST_FAILURES:
@@ -90,8 +90,10 @@ def run_over_channel(spec: RunSpec, action: Action, timeout: float | None) -> in
 _HOST_FAILURES = (ExitCode.DAEMON_FAILED, ExitCode.VMM_FAILED)
 
 
-def _command(machine: Machine, argv: list[str], timeout: float | None) -> int | None:
-    """The program's exit code, or None if the channel broke before it ended."""
+def _command(machine: Machine, argv: list[str], timeout: float | None,
+             given: float | None) -> int | None:
+    """The program's exit code, or None if the channel broke before it ended.
+    ``timeout``: what is left of ``given``, the user's --timeout, after the boot."""
     from hostrun.channel import ChannelError
 
     assert machine.channel is not None
@@ -109,7 +111,7 @@ def _command(machine: Machine, argv: list[str], timeout: float | None) -> int | 
         return None
     if result.timed_out:
         sys.stderr.write(f"hostrun: the program did not finish within --timeout "
-                         f"{timeout:g} s; killed it and stopped the VM\n")
+                         f"{given:g} s; killed it and stopped the VM\n")
         return ExitCode.TIMEOUT
     if result.error:
         sys.stderr.write(f"hostrun: {result.error}\n")
