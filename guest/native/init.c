@@ -54,6 +54,7 @@ struct cmdline {
     struct param params[MAX_PARAMS];
     int count;
     int init_part; /* a "--" was seen: words for init follow */
+    int overflow;  /* more than MAX_PARAMS words: some were not kept */
 };
 
 static int is_space(unsigned char c) {
@@ -66,6 +67,7 @@ static void parse_cmdline(const char *data, size_t len, struct cmdline *cl, char
     size_t pos = 0;
     cl->count = 0;
     cl->init_part = 0;
+    cl->overflow = 0;
     while (pos < len && is_space((unsigned char)data[pos]))
         pos++;
     while (pos < len) {
@@ -120,6 +122,8 @@ static void parse_cmdline(const char *data, size_t len, struct cmdline *cl, char
             cl->params[cl->count].key = key;
             cl->params[cl->count].value = value;
             cl->count++;
+        } else {
+            cl->overflow = 1;
         }
         pos = end;
         while (pos < len && is_space((unsigned char)data[pos]))
@@ -218,8 +222,8 @@ static void make_plan(const char *raw, size_t len, const char *shell, struct pla
             return;
         }
     }
-    if (cl->init_part) {
-        plan->why_python = "words after --";
+    if (cl->init_part || cl->overflow) {
+        plan->why_python = cl->init_part ? "words after --" : "too many words";
         return;
     }
     for (int i = 0; i < cl->count; i++) {

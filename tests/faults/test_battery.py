@@ -270,14 +270,19 @@ def _borrow_minimal_kernel(cache: Path) -> None:
     """Link the minimal kernel's build and the unpacked kernel source from the user's
     cache, where `initbuilder kernel build` put them (building here takes minutes):
     the build as hard links, the source (1.4 GB, only read) as a symbolic link."""
+    from initkit.cache import cache_root
+
     found = subprocess.run([*INITBUILDER, "kernel", "build", "--cached", "--print", "root"],
                            capture_output=True, text=True, env=_environment({}),
                            timeout=TIMEOUT)
-    if found.returncode != 0:
-        return
-    built = Path(found.stdout.strip())
-    _link_tree(built, cache / "kernel-built" / built.name)
-    source = built.parent.parent / "kernel-source"
+    users = cache_root()
+    if found.returncode == 0:
+        built = Path(found.stdout.strip())
+        _link_tree(built, cache / "kernel-built" / built.name)
+        users = built.parent.parent
+    # The source even without a build (the other release's CI leg: `kernel build --check`
+    # unpacked it there, the kernel was built on the host).
+    source = users / "kernel-source"
     if source.is_dir():
         (cache / "kernel-source").symlink_to(source)
 

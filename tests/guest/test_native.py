@@ -93,6 +93,7 @@ PYTHON = [
     ("-", b"tvix.run=true"),
     ("-", b"tvix.shell"),
     ("/bin/sh", b"console=ttyS0"),
+    ("/bin/sh", b"x " * 1100 + b"tvix.exec=/p"),  # more words than it keeps
 ]
 
 
