@@ -66,9 +66,9 @@ def console_channel() -> Iterator[Channel]:
         yield channel
     finally:
         end_session(channel, host, agent)
-        os.close(slave)
-        os.close(master)
+        os.close(slave)  # the last slave fd: the master reads EIO, the bridge ends
         bridge.join(10)
+        os.close(master)  # only then: the bridge may still be waiting on it
 
 
 def test_every_byte_crosses_a_real_tty_unchanged(console_channel: Channel) -> None:
