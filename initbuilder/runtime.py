@@ -31,7 +31,7 @@ from initbuilder.loader.closure import Resolver
 from initbuilder.loader.elf import is_elf_file
 from initbuilder.nativeinit import SOURCE, NativeInit, native_init
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
-from initkit.errors import InitkitError, WriteSite, write_error, writing
+from initkit.errors import InitkitError, WriteSite, reading, write_error, writing
 from initkit.files import (
     identity,
     private_scratch,
@@ -152,7 +152,7 @@ def add_runtime(image: Image, *, python: Path | None = None,
             image.add_file(module.guest, data=module.host.read_bytes(), mode=0o644, source=src)
     for elf in elf_files:
         _add_libraries(files, resolver, elf)
-    _add_inits(image, init_script(runtime), native)
+    _add_inits(image, init_script(runtime), native, machine_of=runtime.executable)
     if _version(runtime.version) >= (3, 11):
         image.add_file(f"{runtime.interpreter}._pth", data=pth_file(runtime), mode=0o644,
                        source=_SOURCE)
@@ -168,10 +168,18 @@ def add_runtime(image: Image, *, python: Path | None = None,
 _told: set[str] = set()  # reasons for no native init already logged in this process
 
 
-def _add_inits(image: Image, python_init: bytes, native: bool | None) -> None:
+def _add_inits(image: Image, python_init: bytes, native: bool | None, *,
+               machine_of: Path | None = None) -> None:
     """/init: the native init, with the Python init's script at contract.PYTHON_INIT
-    for the command lines it hands over; or the Python init itself."""
+    for the command lines it hands over; or the Python init itself. ``machine_of``: the
+    guest's interpreter, whose machine the native init must share (the compiler makes
+    it for this host's: a --python of another machine, run through binfmt, has none)."""
     built = native_init() if native is not False else NativeInit(None, "--no-native-init")
+    if built.path is not None and machine_of is not None:
+        ours, theirs = _elf_machine(built.path), _elf_machine(machine_of)
+        if ours != theirs:
+            built = NativeInit(None, f"it is compiled for ELF machine {ours}, the guest's "
+                                     f"Python {machine_of} is for {theirs}")
     if built.path is None:
         if native:
             raise InitkitError(f"the native init cannot be built: {built.why_not}")
@@ -183,6 +191,16 @@ def _add_inits(image: Image, python_init: bytes, native: bool | None) -> None:
         return
     image.add_file("init", host=built.path, mode=0o755, source=f"native init: {SOURCE}")
     image.add_file(PYTHON_INIT.lstrip("/"), data=python_init, mode=0o755, source=_SOURCE)
+
+
+def _elf_machine(path: Path) -> int | None:
+    """e_machine of an ELF file (None if it is none): two bytes at offset 18, in the
+    file's own byte order."""
+    with reading(path, "ELF file"), open(path, "rb") as f:
+        header = f.read(20)
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return None
+    return int.from_bytes(header[18:20], "little" if header[5] == 1 else "big")
 
 
 def _packed(files: HostFiles, resolver: Resolver, elf: Path) -> Path:

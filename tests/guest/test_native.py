@@ -13,6 +13,7 @@ import errno
 import os
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,18 @@ def test_with_a_compiler_init_is_native_and_the_python_init_is_beside_it(parity:
     plain = Image()
     _add_inits(plain, b"#!python-init\n", False)
     assert plain["init"].data == b"#!python-init\n"
+
+
+def test_a_guest_python_of_another_machine_gets_the_python_init(
+        parity: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The compiler makes the native init for this host; a --python for another machine
+    (run here through binfmt) must not get it as its /init."""
+    other = tmp_path / "python3-aarch64"
+    other.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(11) + (183).to_bytes(2, "little"))
+    image = Image()
+    _add_inits(image, b"#!python-init\n", None, machine_of=other)
+    assert image["init"].data == b"#!python-init\n"
+    assert "ELF machine 62" in caplog.text and "is for 183" in caplog.text
+    same = Image()
+    _add_inits(same, b"#!python-init\n", None, machine_of=Path(os.path.realpath(sys.executable)))
+    assert same["init"].host is not None
