@@ -27,12 +27,16 @@ log = logging.getLogger("initkit.hostrun")
 SUFFIX = ".cpio"  # uncompressed: the guest kernel unpacks it fastest under TCG
 
 
-def default_initrd(kernel: Path, *, files: list[str] | None = None) -> Path:
+def default_initrd(kernel: Path, *, files: list[str] | None = None,
+                   native_only: bool = False) -> Path:
     """A cached initrd with initbuilder's defaults for ``kernel`` (modules, guest init,
-    busybox if the host has one) plus ``files`` ("host:guest"); built on first use."""
+    busybox if the host has one) plus ``files`` ("host:guest"); built on first use.
+    ``native_only``: with the native init alone, no Python runtime, for a boot whose
+    command line it carries out itself (guest/handover.py); where the native init cannot
+    be built, the full initrd instead."""
     files = list(files or [])
     index = cache_dir("hostrun", "initrd")
-    key = _input_key(kernel, files)
+    key = _input_key(kernel, files) + ("-native" if native_only else "")
     pointer = index / f"{key}.path"
     found = _follow(pointer)
     if found is not None:
@@ -44,12 +48,18 @@ def default_initrd(kernel: Path, *, files: list[str] | None = None) -> Path:
         found = _follow(pointer)
         if found is not None:
             return found
-        log.warning("hostrun: building the initrd for %s (once; cached)", kernel)
+        # The native-only one takes a moment (no Python runtime to collect): no notice.
+        (log.info if native_only else log.warning)(
+            "hostrun: building the initrd for %s (once; cached)", kernel)
+        from initbuilder.nativeinit import NativeUnavailable
         from initbuilder.spec import BuildSpec, build_cached
 
         # Padded to whole pages: QEMU then never has to copy it (hostrun/placement.py).
-        built = build_cached(BuildSpec(kernel=kernel, files=files, busybox="auto"),
-                             suffix=SUFFIX, pad_to=PAGE)
+        spec = BuildSpec(kernel=kernel, files=files, busybox="auto", native_only=native_only)
+        try:
+            built = build_cached(spec, suffix=SUFFIX, pad_to=PAGE)
+        except NativeUnavailable:
+            built = default_initrd(kernel, files=files)  # remembered below: asked once
         remember(pointer, str(built))
         return built
 

@@ -92,7 +92,8 @@ def plan(request: Request) -> RunSpec:
     else:
         from hostrun.initrd import default_initrd
 
-        initrd = default_initrd(kernel, files=request.initrd_files)
+        initrd = default_initrd(kernel, files=request.initrd_files,
+                                native_only=_native_takes(request, action, vmm, accel))
     return RunSpec(
         kernel=kernel_for(vmm, kernel), initrd=initrd, vmm=vmm, daemon=daemon, accel=accel,
         action=action, cpus=request.cpus, memory_mib=request.memory_mib,
@@ -100,6 +101,23 @@ def plan(request: Request) -> RunSpec:
         verbose=request.verbose, fs_tag=request.fs_tag,
         silence_notice=silence, store_view=store_view,
     )
+
+
+def _native_takes(request: Request, action: Action | None, vmm: Vmm, accel: str) -> bool:
+    """Whether the native init carries out this boot's command line itself, so that its
+    initrd needs no Python runtime (guest/handover.py). The line as the boot will write
+    it, but for the nonce and the echo word, which that answer does not depend on; the
+    shell is busybox's, which the default initrd has when the host has one. The action
+    may be in the extra words (CH_CMDLINE=tvix.exec=...) rather than ``action``."""
+    if request.over_channel:  # the agent is the Python init's
+        return False
+    from guest.handover import native_takes
+
+    line = kernel_cmdline(defaults=vmm.cmdline_defaults(accel),
+                          nonce="0" * contract.NONCE_LENGTH, verbose=request.verbose,
+                          action=action, extra=request.extra_cmdline, tag=request.fs_tag)
+    return native_takes(line.encode("utf-8", "surrogateescape"),
+                        shell=shutil.which("busybox") is not None)
 
 
 def _silence_notice(given: float | None) -> float | None:

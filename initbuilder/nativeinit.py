@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guest import contract
+from initbuilder.image import Image
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
-from initkit.errors import writing
+from initkit.errors import InitkitError, writing
 from initkit.files import private_scratch, scratch_beside
 
 log = logging.getLogger("initkit.build")
@@ -34,6 +35,10 @@ FLAGS = ("-std=gnu11", "-Os", "-static", "-s", "-Wall", "-Wextra", "-Wno-format-
          "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none")
 _FORMAT = "initkit-native-init-1"  # bump when the cached layout changes
 HOW_TO_GET = "apt-get install gcc libc6-dev"
+
+
+class NativeUnavailable(InitkitError):
+    """The native init was asked for and cannot be built (the reason says why)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,16 @@ def _compile(cc: list[str], flags: list[str], header: str, output: Path,
     lines = [line for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
     telling = [line for line in lines if "error" in line] or lines or ["(no message)"]
     return f"{shlex.join(cc)} failed: {telling[0].strip()}"
+
+
+def add_native_init(image: Image) -> None:
+    """The native init as /init and nothing of Python: for an initrd whose boots are all
+    ones it carries out itself (guest/handover.py says which); with any other command
+    line it says the Python init is missing and reports 125."""
+    built = native_init()
+    if built.path is None:
+        raise NativeUnavailable(f"the native init cannot be built: {built.why_not}")
+    image.add_file("init", host=built.path, mode=0o755, source=f"native init: {SOURCE}")
 
 
 def native_init() -> NativeInit:

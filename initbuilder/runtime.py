@@ -29,7 +29,7 @@ from initbuilder.hostfiles import HostFiles
 from initbuilder.image import Image, Kind
 from initbuilder.loader.closure import Resolver
 from initbuilder.loader.elf import is_elf_file
-from initbuilder.nativeinit import SOURCE, NativeInit, native_init
+from initbuilder.nativeinit import SOURCE, NativeInit, NativeUnavailable, native_init
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
 from initkit.errors import InitkitError, WriteSite, reading, write_error, writing
 from initkit.files import (
@@ -182,7 +182,7 @@ def _add_inits(image: Image, python_init: bytes, native: bool | None, *,
                                      f"Python {machine_of} is for {theirs}")
     if built.path is None:
         if native:
-            raise InitkitError(f"the native init cannot be built: {built.why_not}")
+            raise NativeUnavailable(f"the native init cannot be built: {built.why_not}")
         if native is None and built.why_not not in _told:
             _told.add(built.why_not)
             log.warning("the Python init is /init (the native one, ~250 ms quicker a boot "

@@ -40,6 +40,9 @@ class BuildSpec:
     # None: /init is the native init when it can be compiled, else the Python init;
     # True: the native one or an error; False: the Python init only.
     native_init: bool | None = None
+    # The native init alone as /init, no Python runtime: an initrd only for the command
+    # lines it carries out itself (guest/handover.py); InitkitError if it cannot be built.
+    native_only: bool = False
     python: Path | None = None
     compression: str | None = None  # None: the one the output's suffix names
     source_date_epoch: int | None = None
@@ -94,7 +97,12 @@ def build_image(spec: BuildSpec,
 
             add_binaries(image, spec.binaries, root=spec.root, library_path=spec.library_path,
                          dlopen=spec.dlopen, allow_missing=spec.allow_missing)
-    if spec.init:
+    if spec.init and spec.native_only:
+        with timed("runtime"):
+            from initbuilder.nativeinit import add_native_init
+
+            add_native_init(image)
+    elif spec.init:
         with timed("runtime"):
             from initbuilder.runtime import add_runtime
 

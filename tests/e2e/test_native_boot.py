@@ -94,3 +94,31 @@ def test_what_it_hands_over_still_works(boot: Callable[..., VmResult], store: St
     debug = boot("native", store=store.root, exec=store.hello, cmdline="initkit.debug")
     assert debug.exit_code == 0, debug.describe()
     assert "timing: action starts" in debug.output and "failed" not in debug.output
+
+
+def test_hostrun_boots_no_python_for_what_the_native_init_runs(
+        minimal_kernel: Path, store: Store, hostrun_cli: Callable[..., Any]) -> None:
+    """hostrun's own initrd for a console-path boot the native init carries out has no
+    Python runtime (guest/handover.py decides); for anything else it has."""
+    from hostrun.action import Action
+    from hostrun.plan import Request, plan
+    from initbuilder.reader import read_initrd
+
+    def python_in_initrd(**request: Any) -> bool:
+        spec = plan(Request(kernel=minimal_kernel, store=store.root, vmm="qemu",
+                            accel="tcg", **request))
+        paths = {member.path for member in read_initrd(spec.initrd)}
+        return contract.PYTHON_INIT.lstrip("/") in paths
+
+    assert not python_in_initrd(extra_cmdline=f"tvix.exec={store.hello}")
+    assert not python_in_initrd(action=Action("run", command="echo hi"))
+    assert not python_in_initrd(action=Action("shell"))
+    assert python_in_initrd(action=Action("find"))
+    assert python_in_initrd(action=Action("exec", (store.hello,)), over_channel=True)
+    assert python_in_initrd(action=Action("exec", (store.hello,)),
+                            extra_cmdline="initkit.debug")
+    run = hostrun_cli("--kernel", str(minimal_kernel), "--store", str(store.root),
+                      "--cmdline", f'tvix.exec="{store.hello} exit 9"', kernel=False,
+                      initrd=False)
+    assert run.finish() == 9, run.stderr
+    assert run.stdout == b"Hello, world!\n"

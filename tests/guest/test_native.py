@@ -22,6 +22,7 @@ from realparts import missing_part
 
 from guest import contract
 from guest.cmdline import parse
+from guest.handover import native_takes
 from guest.plan import MS_REMOUNT, Mount, Spawn, make_plan
 from initbuilder import nativeinit
 from initbuilder.image import Image
@@ -95,17 +96,25 @@ PYTHON = [
     ("-", b"tvix.shell"),
     ("/bin/sh", b"console=ttyS0"),
     ("/bin/sh", b"x " * 1100 + b"tvix.exec=/p"),  # more words than it keeps
+    ("/bin/sh", b'tvix.exec="/p' + b" a" * 300 + b'"'),  # more arguments than it takes
 ]
+
+
+def _takes(shell: str, raw: bytes) -> bool:
+    """guest/handover.py's answer, which hostrun chooses its initrd by."""
+    return native_takes(raw, shell=shell != "-")
 
 
 def test_the_one_shot_actions_are_carried_out_natively(parity: Path) -> None:
     for case, got in zip(NATIVE, c_plans(parity, NATIVE), strict=True):
         assert got == python_plan(*case), case
+        assert _takes(*case), case
 
 
 def test_everything_else_goes_to_the_python_init(parity: Path) -> None:
     for case, got in zip(PYTHON, c_plans(parity, PYTHON), strict=True):
         assert got == ["python"], case
+        assert not _takes(*case), case
 
 
 def _random_word(rng: random.Random) -> str:
@@ -136,6 +145,7 @@ def test_random_command_lines_agree_or_go_to_python(parity: Path) -> None:
         cases.append((rng.choice(list(SHELLS)), raw.encode(encoding, "replace")))
     native = 0
     for case, got in zip(cases, c_plans(parity, cases), strict=True):
+        assert _takes(*case) == (got != ["python"]), case  # handover.py is init.c's rule
         if got != ["python"]:
             native += 1
             assert got == python_plan(*case), case
