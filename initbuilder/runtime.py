@@ -28,10 +28,10 @@ from guest.contract import PYTHON_INIT
 from initbuilder.hostfiles import HostFiles
 from initbuilder.image import Image, Kind
 from initbuilder.loader.closure import Resolver
-from initbuilder.loader.elf import is_elf_file
+from initbuilder.loader.elf import is_elf_file, read_elf
 from initbuilder.nativeinit import SOURCE, NativeInit, NativeUnavailable, native_init
 from initkit.cache import CACHE_ELSEWHERE, cache_dir
-from initkit.errors import InitkitError, WriteSite, reading, write_error, writing
+from initkit.errors import InitkitError, WriteSite, write_error, writing
 from initkit.files import (
     identity,
     private_scratch,
@@ -176,10 +176,11 @@ def _add_inits(image: Image, python_init: bytes, native: bool | None, *,
     it for this host's: a --python of another machine, run through binfmt, has none)."""
     built = native_init() if native is not False else NativeInit(None, "--no-native-init")
     if built.path is not None and machine_of is not None:
-        ours, theirs = _elf_machine(built.path), _elf_machine(machine_of)
+        # What a loader compares (class, byte order, machine), as initbuilder.loader does.
+        ours, theirs = read_elf(str(built.path)).abi, read_elf(str(machine_of)).abi
         if ours != theirs:
-            built = NativeInit(None, f"it is compiled for ELF machine {ours}, the guest's "
-                                     f"Python {machine_of} is for {theirs}")
+            built = NativeInit(None, f"it is compiled for {ours[2]}, the guest's Python "
+                                     f"{machine_of} is for {theirs[2]}")
     if built.path is None:
         if native:
             raise NativeUnavailable(f"the native init cannot be built: {built.why_not}")
@@ -191,16 +192,6 @@ def _add_inits(image: Image, python_init: bytes, native: bool | None, *,
         return
     image.add_file("init", host=built.path, mode=0o755, source=f"native init: {SOURCE}")
     image.add_file(PYTHON_INIT.lstrip("/"), data=python_init, mode=0o755, source=_SOURCE)
-
-
-def _elf_machine(path: Path) -> int | None:
-    """e_machine of an ELF file (None if it is none): two bytes at offset 18, in the
-    file's own byte order."""
-    with reading(path, "ELF file"), open(path, "rb") as f:
-        header = f.read(20)
-    if len(header) < 20 or header[:4] != b"\x7fELF":
-        return None
-    return int.from_bytes(header[18:20], "little" if header[5] == 1 else "big")
 
 
 def _packed(files: HostFiles, resolver: Resolver, elf: Path) -> Path:
